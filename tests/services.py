@@ -1,0 +1,1 @@
+"""Service fixtures: placeholder until the foundation's fixtures land."""

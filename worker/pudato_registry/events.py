@@ -1,0 +1,259 @@
+"""The v1 wire contract (``events-v1.md``) as typed, immutable pydantic models.
+
+Validation is strict, as the spec reads: strings are strings (``42`` is not a
+``job_id``), integers are integers, ``occurred_at`` is an RFC 3339 string with
+an offset (a naive time is invalid) normalised to UTC. Unknown fields are
+ignored; missing optional members take their defaults.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+)
+
+SCHEMA_VERSION = 1
+INT32_MAX = 2**31 - 1  # duration_ms is an INTEGER column
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+JsonObject: TypeAlias = dict[str, Any]
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+
+JobStatus = Literal["pending", "running", "success", "failed", "cancelled"]
+StepStatus = Literal["pending", "running", "success", "failed", "skipped"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class DataReference(_Strict):
+    """A dataset a step read or wrote, identified by (``ref_type``, ``location``)."""
+
+    ref_type: str
+    location: str
+    format: str | None = None
+    metadata: JsonObject = Field(default_factory=dict)
+
+
+class ExecutionRecord(_Strict):
+    """What a step executed: SQL, a dbt command, a Spark job ..."""
+
+    execution_type: str
+    details: JsonObject = Field(default_factory=dict)
+
+
+# --- data of each event type -------------------------------------------------
+
+
+class _Data(_Strict):
+    metadata: JsonObject | None = None
+
+
+class JobSubmittedData(_Data):
+    """``job.submitted``: what the run is."""
+
+    pipeline: str
+    logic_version: str
+    environment: str | None = None
+    namespace: str | None = None
+    request: JsonObject | None = None
+    parameters: JsonObject | None = None
+    dag_run_id: str | None = None
+
+
+class JobData(_Data):
+    """``job.started`` / ``job.succeeded``: metadata only."""
+
+
+class JobFailedData(_Data):
+    """``job.failed``: the error is required."""
+
+    error: str
+
+
+class JobCancelledData(_Data):
+    """``job.cancelled``: an optional reason."""
+
+    error: str | None = None
+
+
+class _StepIdentity(_Data):
+    step_name: str | None = None
+    handler_type: str | None = None
+    action: str | None = None
+
+
+class StepStartData(_StepIdentity):
+    """``step.submitted`` / ``step.started``: the step's identity is required."""
+
+    step_name: str
+    handler_type: str
+    action: str
+    inputs: list[DataReference] | None = None
+
+
+class _StepResult(_StepIdentity):
+    inputs: list[DataReference] | None = None
+    outputs: list[DataReference] | None = None
+    executions: list[ExecutionRecord] | None = None
+    duration_ms: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+
+
+class StepSucceededData(_StepResult):
+    """``step.succeeded``: lineage, executions and timing."""
+
+
+class StepFailedData(_StepResult):
+    """``step.failed``: as succeeded, and the error is required."""
+
+    error: str
+
+
+class StepSkippedData(_StepIdentity):
+    """``step.skipped``: an optional reason."""
+
+    error: str | None = None
+
+
+# --- envelopes ----------------------------------------------------------------
+
+
+class _Envelope(_Strict):
+    schema_version: Literal[1]
+    event_id: Id
+    occurred_at: Timestamp
+    correlation_id: Id
+    job_id: Id
+
+
+class _JobEnvelope(_Envelope):
+    step_id: None = None
+
+
+class _StepEnvelope(_Envelope):
+    step_id: Id
+
+
+class JobSubmitted(_JobEnvelope):
+    """A job was submitted: status ``pending``."""
+
+    event_type: Literal["job.submitted"]
+    data: JobSubmittedData
+
+
+class JobStarted(_JobEnvelope):
+    """A job started: status ``running``."""
+
+    event_type: Literal["job.started"]
+    data: JobData = Field(default_factory=JobData)
+
+
+class JobSucceeded(_JobEnvelope):
+    """A job succeeded: status ``success``."""
+
+    event_type: Literal["job.succeeded"]
+    data: JobData = Field(default_factory=JobData)
+
+
+class JobFailed(_JobEnvelope):
+    """A job failed: status ``failed``."""
+
+    event_type: Literal["job.failed"]
+    data: JobFailedData
+
+
+class JobCancelled(_JobEnvelope):
+    """A job was cancelled: status ``cancelled``."""
+
+    event_type: Literal["job.cancelled"]
+    data: JobCancelledData = Field(default_factory=JobCancelledData)
+
+
+class StepSubmitted(_StepEnvelope):
+    """A step was submitted: status ``pending``."""
+
+    event_type: Literal["step.submitted"]
+    data: StepStartData
+
+
+class StepStarted(_StepEnvelope):
+    """A step started: status ``running``."""
+
+    event_type: Literal["step.started"]
+    data: StepStartData
+
+
+class StepSucceeded(_StepEnvelope):
+    """A step succeeded: status ``success``."""
+
+    event_type: Literal["step.succeeded"]
+    data: StepSucceededData = Field(default_factory=StepSucceededData)
+
+
+class StepFailed(_StepEnvelope):
+    """A step failed: status ``failed``."""
+
+    event_type: Literal["step.failed"]
+    data: StepFailedData
+
+
+class StepSkipped(_StepEnvelope):
+    """A step was skipped: status ``skipped``."""
+
+    event_type: Literal["step.skipped"]
+    data: StepSkippedData = Field(default_factory=StepSkippedData)
+
+
+JobEvent: TypeAlias = JobSubmitted | JobStarted | JobSucceeded | JobFailed | JobCancelled
+StepEvent: TypeAlias = StepSubmitted | StepStarted | StepSucceeded | StepFailed | StepSkipped
+Event: TypeAlias = Annotated[JobEvent | StepEvent, Field(discriminator="event_type")]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+JOB_TYPES: tuple[type[BaseModel], ...] = (
+    JobSubmitted, JobStarted, JobSucceeded, JobFailed, JobCancelled,
+)
+STEP_TYPES: tuple[type[BaseModel], ...] = (
+    StepSubmitted, StepStarted, StepSucceeded, StepFailed, StepSkipped,
+)
+EVENT_TYPES: tuple[str, ...] = (
+    "job.submitted", "job.started", "job.succeeded", "job.failed", "job.cancelled",
+    "step.submitted", "step.started", "step.succeeded", "step.failed", "step.skipped",
+)
+
+# The status each event type sets, and the rank that decides which event wins.
+STATUS_OF: dict[str, str] = {
+    "job.submitted": "pending", "job.started": "running", "job.succeeded": "success",
+    "job.failed": "failed", "job.cancelled": "cancelled",
+    "step.submitted": "pending", "step.started": "running", "step.succeeded": "success",
+    "step.failed": "failed", "step.skipped": "skipped",
+}
+RANK: dict[str, int] = {
+    "pending": 0, "running": 1, "success": 2, "failed": 2, "cancelled": 2, "skipped": 2,
+}
+TERMINAL = frozenset(s for s, r in RANK.items() if r == 2)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a v1 event, generated from the models."""
+    schema = EVENT_ADAPTER.json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://pudato.io/schemas/registry/events-v1.schema.json"
+    schema["title"] = "pudato registry lifecycle event, version 1"
+    return schema

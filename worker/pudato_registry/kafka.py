@@ -1,0 +1,166 @@
+"""Kafka: consumer, producer and admin construction, topic checks, dead-letter records.
+
+This module knows confluent-kafka and nothing of PostgreSQL. Constructors
+only build clients from settings; the network is first touched when the
+caller polls, produces or asks the admin client something.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pudato_registry.settings import Settings
+
+INFINITE_RETENTION = {"retention.ms": "-1"}
+
+
+class TopicMissingError(RuntimeError):
+    """The event topic does not exist (create it with `pudato-registry topics create`)."""
+
+
+def _base(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+
+
+def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """librdkafka settings of the worker's consumer: manual offset store, cooperative groups."""
+    return {
+        **_base(settings),
+        "group.id": settings.group_id,
+        "client.id": "pudato-registry-worker",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "auto.offset.reset": "earliest",
+        # Durable before acknowledged: the loop stores an offset only after the
+        # database transaction that applied its event has committed; the
+        # auto-committer then commits only stored offsets.
+        "enable.auto.offset.store": False,
+        "enable.auto.commit": True,
+        "auto.commit.interval.ms": 1000,
+        "enable.partition.eof": True,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": max(settings.max_message_bytes + 1024, 1024 * 1024),
+        # Longer than the retry budget, so the group keeps us while we retry.
+        "max.poll.interval.ms": int(max(300.0, settings.retry_timeout_s + 60.0) * 1000),
+        **overrides,
+    }
+
+
+def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
+    """librdkafka settings of a producer: idempotent, acks=all, compressed, small linger."""
+    return {
+        **_base(settings),
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 5,
+        "message.max.bytes": max(settings.max_message_bytes * 2, 1024 * 1024),
+        **overrides,
+    }
+
+
+def make_consumer(settings: Settings, **overrides: Any) -> Consumer:
+    """Build (not connect) the worker's consumer."""
+    return Consumer(consumer_config(settings, **overrides))
+
+
+def make_producer(settings: Settings, **overrides: Any) -> Producer:
+    """Build (not connect) a producer."""
+    return Producer(producer_config(settings, **overrides))
+
+
+def make_admin(settings: Settings) -> AdminClient:
+    """Build (not connect) an admin client."""
+    return AdminClient(_base(settings))
+
+
+def wait_for_broker(bootstrap_servers: str, timeout: float) -> None:
+    """Block until the broker answers a metadata request, or raise TimeoutError."""
+    # Quiet: refused connections are expected until the broker is up.
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=2)
+            if metadata.brokers:
+                return
+        except KafkaException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Kafka at {bootstrap_servers} did not answer in {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def topic_exists(admin: AdminClient, topic: str, timeout: float = 10.0) -> bool:
+    """Whether ``topic`` exists on the cluster."""
+    metadata = admin.list_topics(topic=topic, timeout=timeout)
+    found = metadata.topics.get(topic)
+    return found is not None and found.error is None
+
+
+def create_topics(settings: Settings, *, partitions: int | None = None,
+                  timeout: float = 30.0) -> list[str]:
+    """Create the event topic (infinite retention) and the dead-letter topic if missing.
+
+    Returns the names created now; existing topics are left as they are.
+    """
+    admin = make_admin(settings)
+    count = partitions or settings.partitions
+    wanted = [
+        NewTopic(settings.topic, count, settings.replication_factor, config=INFINITE_RETENTION),
+        NewTopic(settings.dlq_topic, count, settings.replication_factor,
+                 config=INFINITE_RETENTION),
+    ]
+    created = []
+    for topic, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    # Creation is asynchronous on the broker: wait until metadata shows the topics.
+    deadline = time.monotonic() + timeout
+    while not all(topic_exists(admin, t.topic) for t in wanted):
+        if time.monotonic() > deadline:
+            raise TimeoutError("created topics did not appear in the cluster metadata")
+        time.sleep(0.1)
+    return created
+
+
+def require_topic(settings: Settings) -> None:
+    """Raise :class:`TopicMissingError` unless the event topic exists."""
+    if not topic_exists(make_admin(settings), settings.topic):
+        raise TopicMissingError(
+            f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers}; "
+            "create it with `pudato-registry topics create` or start the worker with "
+            "--create-topics"
+        )
+
+
+def dead_letter_headers(message: Message, kind: str, error: str,
+                        now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> list[
+                            tuple[str, bytes]]:
+    """The headers a dead letter carries: why it was rejected and where it came from."""
+    return [
+        ("error", error.encode()),
+        ("error.kind", kind.encode()),
+        ("source.topic", (message.topic() or "").encode()),
+        ("source.partition", str(message.partition()).encode()),
+        ("source.offset", str(message.offset()).encode()),
+        ("dead_lettered_at", now().isoformat(timespec="microseconds").encode()),
+    ]
+
+
+def headers_dict(headers: list[tuple[str, bytes | None]] | Mapping[str, bytes] | None) -> dict[
+        str, str]:
+    """Message headers as a ``str`` dict (last value wins), for reading dead letters."""
+    if headers is None:
+        return {}
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {k: (v or b"").decode("utf-8", "replace") for k, v in items}

@@ -1,0 +1,418 @@
+"""The fold: valid events to the rows of ``pudato_jobs`` and ``pudato_job_steps``. Pure, incremental.
+
+Every projection rule of ``events-v1.md`` is a function of the *set* of
+events, so the fold keeps, per entity, just enough to merge one more event
+into what it already knows, in any order:
+
+* ``seen``: the event ids already applied. A second message with the same id
+  is dropped, whatever it holds: that is what makes re-delivery harmless.
+* ``win``: the winning event so far, as its sort key (rank, occurred_at,
+  event_id) with its status, error and (steps) duration_ms. Rule 1 is a max.
+* ``started_at`` and, for jobs, the earliest ``job.submitted`` and the
+  earliest event of any kind naming the job: rules 2 and 10 are mins.
+* ``scalars``: per field, the (occurred_at, event_id) of the last event that
+  carried it non-null, and its value: rule 6 is a last-writer-wins register.
+* ``metadata``: the same register per metadata key: a shallow merge in event
+  order is last-writer-wins per key (rule 7).
+* ``inputs``/``outputs``: per (ref_type, location), the position of its first
+  appearance (occurred_at, event_id, index in the list) and the position and
+  content of its last (rule 8). ``executions``: per distinct entry, its first
+  position (rule 9).
+
+Each piece is a max, a min, a register or a set union: commutative,
+associative and idempotent. So folding new events into a saved state equals
+folding everything at once, and the worker only ever reads the states of the
+entities a batch touches. Times are kept as integer microseconds since the
+epoch (exact, cheap to compare and to store).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import orjson
+
+from pudato_registry.events import (
+    INT32_MAX,
+    RANK,
+    STATUS_OF,
+    TERMINAL,
+    DataReference,
+    Event,
+    ExecutionRecord,
+    JobSubmitted,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+Stamp = tuple[int, str]  # (occurred_at in µs, event_id): "event order"
+Position = tuple[int, str, int]  # a list entry's place: (µs, event_id, index)
+
+JOB_SCALARS = ("pipeline", "logic_version", "environment", "namespace", "request",
+               "parameters", "dag_run_id")
+STEP_SCALARS = ("step_name", "handler_type", "action")
+_JOB_DEFAULTS: dict[str, Any] = {"environment": "dev", "namespace": "default"}
+_FAILURE_STATUSES = frozenset({"failed", "cancelled", "skipped"})
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch of an aware datetime, exactly."""
+    return (moment - EPOCH) // _US
+
+
+def from_micros(micros: int) -> datetime:
+    """The aware UTC datetime of :func:`to_micros`'s result."""
+    return EPOCH + timedelta(microseconds=micros)
+
+
+class JobRow(NamedTuple):
+    """One row of ``pudato_jobs``, columns in table order."""
+
+    job_id: str
+    pipeline: str | None
+    environment: str
+    namespace: str
+    status: str
+    logic_version: str | None
+    request: dict[str, Any]
+    parameters: dict[str, Any]
+    dag_run_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    error: str | None
+    metadata: dict[str, Any]
+
+
+class StepRow(NamedTuple):
+    """One row of ``pudato_job_steps``, columns in table order."""
+
+    step_id: str
+    job_id: str
+    step_name: str | None
+    handler_type: str | None
+    action: str | None
+    status: str
+    correlation_id: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    executions: list[dict[str, Any]]
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_ms: int | None
+    error: str | None
+    metadata: dict[str, Any]
+
+
+# --- the registers -------------------------------------------------------------
+
+
+def _merge_scalar(registers: dict[str, list[Any]], name: str, stamp: Stamp, value: Any) -> None:
+    """Last-writer-wins by event order; None never writes (rule 6)."""
+    if value is None:
+        return
+    held = registers.get(name)
+    if held is None or (held[0], held[1]) < stamp:
+        registers[name] = [stamp[0], stamp[1], value]
+
+
+def _merge_metadata(registers: dict[str, list[Any]], stamp: Stamp,
+                    metadata: dict[str, Any] | None) -> None:
+    """A shallow merge in event order is a last-writer-wins register per key (rule 7)."""
+    if not metadata:
+        return
+    for key, value in metadata.items():
+        held = registers.get(key)
+        if held is None or (held[0], held[1]) < stamp:
+            registers[key] = [stamp[0], stamp[1], value]
+
+
+def _merge_references(merged: dict[tuple[str, str], list[Any]], stamp: Stamp,
+                      references: list[DataReference] | None) -> None:
+    """Per (ref_type, location): first position, last position and last content (rule 8)."""
+    if not references:
+        return
+    for index, ref in enumerate(references):
+        position = (stamp[0], stamp[1], index)
+        pair = (ref.ref_type, ref.location)
+        held = merged.get(pair)
+        if held is None:
+            merged[pair] = [position, position, ref.model_dump()]
+            continue
+        if position < tuple(held[0]):
+            held[0] = position
+        if position > tuple(held[1]):
+            held[1] = position
+            held[2] = ref.model_dump()
+
+
+def _merge_executions(merged: dict[bytes, list[Any]], stamp: Stamp,
+                      executions: list[ExecutionRecord] | None) -> None:
+    """Per distinct entry (equal as parsed JSON): its first position (rule 9)."""
+    if not executions:
+        return
+    for index, record in enumerate(executions):
+        content = record.model_dump()
+        identity = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        position = (stamp[0], stamp[1], index)
+        held = merged.get(identity)
+        if held is None or position < tuple(held[0]):
+            merged[identity] = [position, content]
+
+
+def _references_list(merged: dict[tuple[str, str], list[Any]]) -> list[dict[str, Any]]:
+    return [content for _first, _last, content in
+            sorted(merged.values(), key=lambda held: tuple(held[0]))]
+
+
+def _min(current: int | None, candidate: int) -> int:
+    return candidate if current is None or candidate < current else current
+
+
+# --- entity states -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entity:
+    seen: set[str] = field(default_factory=set)
+    # (rank, µs, event_id, status, error[, duration_ms]) of the winning event.
+    win: list[Any] | None = None
+    started_at: int | None = None
+    scalars: dict[str, list[Any]] = field(default_factory=dict)
+    metadata: dict[str, list[Any]] = field(default_factory=dict)
+
+    def _take(self, event: Event, stamp: Stamp, *extra: Any) -> None:
+        status = STATUS_OF[event.event_type]
+        candidate = [RANK[status], stamp[0], stamp[1], status,
+                     getattr(event.data, "error", None), *extra]
+        if self.win is None or (self.win[0], self.win[1], self.win[2]) < (
+                candidate[0], candidate[1], candidate[2]):
+            self.win = candidate
+        if status == "running":
+            self.started_at = _min(self.started_at, stamp[0])
+        _merge_metadata(self.metadata, stamp, event.data.metadata)
+
+    def _status(self) -> tuple[str, int | None, str | None]:
+        """(status, completed_at in µs, error) from the winning event (rules 1, 3, 4)."""
+        if self.win is None:
+            return "pending", None, None
+        status = self.win[3]
+        completed = self.win[1] if status in TERMINAL else None
+        error = self.win[4] if status in _FAILURE_STATUSES else None
+        return status, completed, error
+
+    def _metadata(self) -> dict[str, Any]:
+        return {key: held[2] for key, held in self.metadata.items()}
+
+    def _scalar(self, name: str, default: Any = None) -> Any:
+        held = self.scalars.get(name)
+        return default if held is None else held[2]
+
+
+@dataclass(slots=True)
+class JobState(_Entity):
+    """What the fold knows of one job."""
+
+    job_id: str = ""
+    submitted_at: int | None = None
+    first_seen_at: int | None = None
+
+    def apply(self, event: Event) -> bool:
+        """Merge a ``job.*`` event; False if its id was already applied."""
+        if event.event_id in self.seen:
+            return False
+        self.seen.add(event.event_id)
+        stamp = (to_micros(event.occurred_at), event.event_id)
+        self._take(event, stamp)
+        self.first_seen_at = _min(self.first_seen_at, stamp[0])
+        if isinstance(event, JobSubmitted):
+            self.submitted_at = _min(self.submitted_at, stamp[0])
+            data = event.data
+            for name in JOB_SCALARS:
+                _merge_scalar(self.scalars, name, stamp, getattr(data, name))
+        return True
+
+    def note_step_event(self, occurred_micros: int) -> None:
+        """A step event names this job: it counts for ``created_at`` (rule 10)."""
+        self.first_seen_at = _min(self.first_seen_at, occurred_micros)
+
+    def row(self) -> JobRow:
+        """The job's row (rules 1-4, 6, 7, 10, 12)."""
+        status, completed, error = self._status()
+        created = self.submitted_at if self.submitted_at is not None else self.first_seen_at
+        assert created is not None, "a job state exists only once an event names it"
+        return JobRow(
+            job_id=self.job_id,
+            pipeline=self._scalar("pipeline"),
+            environment=self._scalar("environment", "dev"),
+            namespace=self._scalar("namespace", "default"),
+            status=status,
+            logic_version=self._scalar("logic_version"),
+            request=self._scalar("request", {}),
+            parameters=self._scalar("parameters", {}),
+            dag_run_id=self._scalar("dag_run_id"),
+            created_at=from_micros(created),
+            started_at=None if self.started_at is None else from_micros(self.started_at),
+            completed_at=None if completed is None else from_micros(completed),
+            error=error,
+            metadata=self._metadata(),
+        )
+
+    def dump(self) -> bytes:
+        """The state's compact encoding, for ``pudato_job_state.state``."""
+        return orjson.dumps([1, sorted(self.seen), self.win, self.started_at, self.scalars,
+                             self.metadata, self.submitted_at, self.first_seen_at])
+
+    @classmethod
+    def load(cls, job_id: str, encoded: bytes) -> JobState:
+        """Decode :meth:`dump`'s output."""
+        _v, seen, win, started, scalars, metadata, submitted, first = orjson.loads(encoded)
+        return cls(set(seen), win, started, scalars, metadata, job_id, submitted, first)
+
+
+@dataclass(slots=True)
+class StepState(_Entity):
+    """What the fold knows of one step."""
+
+    step_id: str = ""
+    # [µs, event_id, job_id, correlation_id] of the last step event (rule 11).
+    owner: list[Any] | None = None
+    inputs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    outputs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    executions: dict[bytes, list[Any]] = field(default_factory=dict)
+
+    def apply(self, event: Event) -> bool:
+        """Merge a ``step.*`` event; False if its id was already applied."""
+        if event.event_id in self.seen:
+            return False
+        self.seen.add(event.event_id)
+        stamp = (to_micros(event.occurred_at), event.event_id)
+        data = event.data
+        self._take(event, stamp, getattr(data, "duration_ms", None))
+        if self.owner is None or (self.owner[0], self.owner[1]) < stamp:
+            self.owner = [stamp[0], stamp[1], event.job_id, event.correlation_id]
+        for name in STEP_SCALARS:
+            _merge_scalar(self.scalars, name, stamp, getattr(data, name))
+        _merge_references(self.inputs, stamp, getattr(data, "inputs", None))
+        _merge_references(self.outputs, stamp, getattr(data, "outputs", None))
+        _merge_executions(self.executions, stamp, getattr(data, "executions", None))
+        return True
+
+    @property
+    def job_id(self) -> str:
+        """The job the step belongs to: that of its last event (rule 11)."""
+        assert self.owner is not None
+        return str(self.owner[2])
+
+    def row(self) -> StepRow:
+        """The step's row (rules 1-9, 11)."""
+        assert self.owner is not None, "a step state exists only once an event names it"
+        status, completed, error = self._status()
+        duration: int | None = None
+        if completed is not None:
+            assert self.win is not None
+            given = self.win[5]
+            if given is not None:
+                duration = given
+            elif self.started_at is not None:
+                duration = min(INT32_MAX, max(0, (completed - self.started_at) // 1000))
+        return StepRow(
+            step_id=self.step_id,
+            job_id=self.owner[2],
+            step_name=self._scalar("step_name"),
+            handler_type=self._scalar("handler_type"),
+            action=self._scalar("action"),
+            status=status,
+            correlation_id=self.owner[3],
+            inputs=_references_list(self.inputs),
+            outputs=_references_list(self.outputs),
+            executions=[content for _pos, content in
+                        sorted(self.executions.values(), key=lambda held: tuple(held[0]))],
+            started_at=None if self.started_at is None else from_micros(self.started_at),
+            completed_at=None if completed is None else from_micros(completed),
+            duration_ms=duration,
+            error=error,
+            metadata=self._metadata(),
+        )
+
+    def dump(self) -> bytes:
+        """The state's compact encoding, for ``pudato_job_step_state.state``."""
+        return orjson.dumps([
+            1, sorted(self.seen), self.win, self.started_at, self.scalars, self.metadata,
+            self.owner,
+            [[*pair, *held] for pair, held in self.inputs.items()],
+            [[*pair, *held] for pair, held in self.outputs.items()],
+            [[identity.decode(), *held] for identity, held in self.executions.items()],
+        ])
+
+    @classmethod
+    def load(cls, step_id: str, encoded: bytes) -> StepState:
+        """Decode :meth:`dump`'s output."""
+        (_v, seen, win, started, scalars, metadata, owner, inputs, outputs,
+         executions) = orjson.loads(encoded)
+        return cls(
+            set(seen), win, started, scalars, metadata, step_id, owner,
+            {(r, loc): [first, last, content] for r, loc, first, last, content in inputs},
+            {(r, loc): [first, last, content] for r, loc, first, last, content in outputs},
+            {identity.encode(): [first, content] for identity, first, content in executions},
+        )
+
+
+# --- many entities ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Projection:
+    """The fold over many entities: states by id, and which of them changed."""
+
+    jobs: dict[str, JobState] = field(default_factory=dict)
+    steps: dict[str, StepState] = field(default_factory=dict)
+    changed_jobs: set[str] = field(default_factory=set)
+    changed_steps: set[str] = field(default_factory=set)
+
+    def apply(self, event: Event) -> bool:
+        """Merge one event; False if it is a duplicate (already applied) and changed nothing."""
+        job = self.jobs.get(event.job_id)
+        if job is None:
+            job = self.jobs[event.job_id] = JobState(job_id=event.job_id)
+        if event.step_id is None:
+            if not job.apply(event):
+                return False
+            self.changed_jobs.add(event.job_id)
+            return True
+        step = self.steps.get(event.step_id)
+        if step is None:
+            step = self.steps[event.step_id] = StepState(step_id=event.step_id)
+        if not step.apply(event):
+            if job.first_seen_at is None:  # created just now for a duplicate: forget it
+                del self.jobs[event.job_id]
+            return False
+        job.note_step_event(to_micros(event.occurred_at))
+        self.changed_jobs.add(event.job_id)
+        self.changed_steps.add(event.step_id)
+        return True
+
+    def apply_all(self, events: Iterable[Event]) -> int:
+        """Merge events in any order; return how many were new."""
+        return sum(self.apply(event) for event in events)
+
+    def job_rows(self, only_changed: bool = False) -> list[JobRow]:
+        """Rows of the (changed) jobs, sorted by job_id."""
+        ids = self.changed_jobs if only_changed else self.jobs.keys()
+        return [self.jobs[i].row() for i in sorted(ids)]
+
+    def step_rows(self, only_changed: bool = False) -> list[StepRow]:
+        """Rows of the (changed) steps, sorted by step_id."""
+        ids = self.changed_steps if only_changed else self.steps.keys()
+        return [self.steps[i].row() for i in sorted(ids)]
+
+
+def fold(events: Iterable[Event]) -> Projection:
+    """Fold events from nothing: the rows every consumer of the topic must agree on."""
+    projection = Projection()
+    projection.apply_all(events)
+    return projection
