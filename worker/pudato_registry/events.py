@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
+from typing_extensions import NotRequired, TypedDict
+
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -19,6 +21,7 @@ from pydantic import (
     Field,
     StringConstraints,
     TypeAdapter,
+    with_config,
 )
 
 SCHEMA_VERSION = 1
@@ -42,20 +45,39 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
 
 
-class DataReference(_Strict):
+# DataReference and ExecutionRecord are TypedDicts, not models: they are
+# validated just as strictly, but arrive as plain dicts, which is what the
+# fold stores and nearly halves the cost of validating a step event.
+# ``DataReference(ref_type="table", location="main.x")`` builds one.
+
+
+@with_config(ConfigDict(strict=True, extra="ignore"))
+class DataReference(TypedDict):
     """A dataset a step read or wrote, identified by (``ref_type``, ``location``)."""
 
     ref_type: str
     location: str
-    format: str | None = None
-    metadata: JsonObject = Field(default_factory=dict)
+    format: NotRequired[str | None]
+    metadata: NotRequired[JsonObject]
 
 
-class ExecutionRecord(_Strict):
+@with_config(ConfigDict(strict=True, extra="ignore"))
+class ExecutionRecord(TypedDict):
     """What a step executed: SQL, a dbt command, a Spark job ..."""
 
     execution_type: str
-    details: JsonObject = Field(default_factory=dict)
+    details: NotRequired[JsonObject]
+
+
+def reference_json(ref: DataReference) -> dict[str, Any]:
+    """A reference as stored: every member present, defaults filled."""
+    return {"ref_type": ref["ref_type"], "location": ref["location"],
+            "format": ref.get("format"), "metadata": ref.get("metadata", {})}
+
+
+def execution_json(record: ExecutionRecord) -> dict[str, Any]:
+    """An execution record as stored: ``details`` filled."""
+    return {"execution_type": record["execution_type"], "details": record.get("details", {})}
 
 
 # --- data of each event type -------------------------------------------------

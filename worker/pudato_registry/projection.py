@@ -44,6 +44,9 @@ from pudato_registry.events import (
     Event,
     ExecutionRecord,
     JobSubmitted,
+    StepEvent,
+    execution_json,
+    reference_json,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -57,6 +60,11 @@ JOB_SCALARS = ("pipeline", "logic_version", "environment", "namespace", "request
 STEP_SCALARS = ("step_name", "handler_type", "action")
 _JOB_DEFAULTS: dict[str, Any] = {"environment": "dev", "namespace": "default"}
 _FAILURE_STATUSES = frozenset({"failed", "cancelled", "skipped"})
+# Which event types' data have which fields: direct attribute access is much
+# cheaper than getattr with a default on a pydantic model.
+_CARRIES_ERROR = frozenset({"job.failed", "job.cancelled", "step.failed", "step.skipped"})
+_CARRIES_INPUTS = frozenset({"step.submitted", "step.started", "step.succeeded", "step.failed"})
+_CARRIES_RESULT = frozenset({"step.succeeded", "step.failed"})
 
 
 def to_micros(moment: datetime) -> int:
@@ -138,16 +146,16 @@ def _merge_references(merged: dict[tuple[str, str], list[Any]], stamp: Stamp,
         return
     for index, ref in enumerate(references):
         position = (stamp[0], stamp[1], index)
-        pair = (ref.ref_type, ref.location)
+        pair = (ref["ref_type"], ref["location"])
         held = merged.get(pair)
         if held is None:
-            merged[pair] = [position, position, ref.model_dump()]
+            merged[pair] = [position, position, reference_json(ref)]
             continue
         if position < tuple(held[0]):
             held[0] = position
         if position > tuple(held[1]):
             held[1] = position
-            held[2] = ref.model_dump()
+            held[2] = reference_json(ref)
 
 
 def _merge_executions(merged: dict[bytes, list[Any]], stamp: Stamp,
@@ -156,7 +164,7 @@ def _merge_executions(merged: dict[bytes, list[Any]], stamp: Stamp,
     if not executions:
         return
     for index, record in enumerate(executions):
-        content = record.model_dump()
+        content = execution_json(record)
         identity = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         position = (stamp[0], stamp[1], index)
         held = merged.get(identity)
@@ -179,20 +187,20 @@ def _min(current: int | None, candidate: int) -> int:
 @dataclass(slots=True)
 class _Entity:
     seen: set[str] = field(default_factory=set)
-    # (rank, µs, event_id, status, error[, duration_ms]) of the winning event.
+    # [rank, µs, event_id, status, error, duration_ms] of the winning event.
     win: list[Any] | None = None
     started_at: int | None = None
     scalars: dict[str, list[Any]] = field(default_factory=dict)
     metadata: dict[str, list[Any]] = field(default_factory=dict)
 
-    def _take(self, event: Event, stamp: Stamp, *extra: Any) -> None:
+    def _take(self, event: Event, stamp: Stamp, duration_ms: int | None = None) -> None:
         status = STATUS_OF[event.event_type]
-        candidate = [RANK[status], stamp[0], stamp[1], status,
-                     getattr(event.data, "error", None), *extra]
-        if self.win is None or (self.win[0], self.win[1], self.win[2]) < (
-                candidate[0], candidate[1], candidate[2]):
-            self.win = candidate
-        if status == "running":
+        rank = RANK[status]
+        win = self.win
+        if win is None or (win[0], win[1], win[2]) < (rank, stamp[0], stamp[1]):
+            error = event.data.error if event.event_type in _CARRIES_ERROR else None  # type: ignore[union-attr]
+            self.win = [rank, stamp[0], stamp[1], status, error, duration_ms]
+        if rank == 1:
             self.started_at = _min(self.started_at, stamp[0])
         _merge_metadata(self.metadata, stamp, event.data.metadata)
 
@@ -221,12 +229,12 @@ class JobState(_Entity):
     submitted_at: int | None = None
     first_seen_at: int | None = None
 
-    def apply(self, event: Event) -> bool:
-        """Merge a ``job.*`` event; False if its id was already applied."""
+    def apply(self, event: Event, micros: int) -> bool:
+        """Merge a ``job.*`` event that occurred at ``micros``; False if already applied."""
         if event.event_id in self.seen:
             return False
         self.seen.add(event.event_id)
-        stamp = (to_micros(event.occurred_at), event.event_id)
+        stamp = (micros, event.event_id)
         self._take(event, stamp)
         self.first_seen_at = _min(self.first_seen_at, stamp[0])
         if isinstance(event, JobSubmitted):
@@ -285,21 +293,27 @@ class StepState(_Entity):
     outputs: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     executions: dict[bytes, list[Any]] = field(default_factory=dict)
 
-    def apply(self, event: Event) -> bool:
-        """Merge a ``step.*`` event; False if its id was already applied."""
+    def apply(self, event: StepEvent, micros: int) -> bool:
+        """Merge a ``step.*`` event that occurred at ``micros``; False if already applied."""
         if event.event_id in self.seen:
             return False
         self.seen.add(event.event_id)
-        stamp = (to_micros(event.occurred_at), event.event_id)
+        stamp = (micros, event.event_id)
         data = event.data
-        self._take(event, stamp, getattr(data, "duration_ms", None))
+        kind = event.event_type
+        result = kind in _CARRIES_RESULT
+        self._take(event, stamp, data.duration_ms if result else None)  # type: ignore[union-attr]
         if self.owner is None or (self.owner[0], self.owner[1]) < stamp:
             self.owner = [stamp[0], stamp[1], event.job_id, event.correlation_id]
-        for name in STEP_SCALARS:
-            _merge_scalar(self.scalars, name, stamp, getattr(data, name))
-        _merge_references(self.inputs, stamp, getattr(data, "inputs", None))
-        _merge_references(self.outputs, stamp, getattr(data, "outputs", None))
-        _merge_executions(self.executions, stamp, getattr(data, "executions", None))
+        scalars = self.scalars
+        _merge_scalar(scalars, "step_name", stamp, data.step_name)
+        _merge_scalar(scalars, "handler_type", stamp, data.handler_type)
+        _merge_scalar(scalars, "action", stamp, data.action)
+        if kind in _CARRIES_INPUTS:
+            _merge_references(self.inputs, stamp, data.inputs)  # type: ignore[union-attr]
+        if result:
+            _merge_references(self.outputs, stamp, data.outputs)  # type: ignore[union-attr]
+            _merge_executions(self.executions, stamp, data.executions)  # type: ignore[union-attr]
         return True
 
     @property
@@ -376,22 +390,23 @@ class Projection:
 
     def apply(self, event: Event) -> bool:
         """Merge one event; False if it is a duplicate (already applied) and changed nothing."""
+        micros = to_micros(event.occurred_at)
         job = self.jobs.get(event.job_id)
         if job is None:
             job = self.jobs[event.job_id] = JobState(job_id=event.job_id)
         if event.step_id is None:
-            if not job.apply(event):
+            if not job.apply(event, micros):
                 return False
             self.changed_jobs.add(event.job_id)
             return True
         step = self.steps.get(event.step_id)
         if step is None:
             step = self.steps[event.step_id] = StepState(step_id=event.step_id)
-        if not step.apply(event):
+        if not step.apply(event, micros):  # type: ignore[arg-type]
             if job.first_seen_at is None:  # created just now for a duplicate: forget it
                 del self.jobs[event.job_id]
             return False
-        job.note_step_event(to_micros(event.occurred_at))
+        job.note_step_event(micros)
         self.changed_jobs.add(event.job_id)
         self.changed_steps.add(event.step_id)
         return True
