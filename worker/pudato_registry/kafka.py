@@ -7,6 +7,7 @@ caller polls, produces or asks the admin client something.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -24,8 +25,13 @@ class TopicMissingError(RuntimeError):
     """The event topic does not exist (create it with `pudato-registry topics create`)."""
 
 
+# librdkafka's own log lines go through Python logging, not straight to stderr.
+CLIENT_LOG = logging.getLogger("pudato_registry.kafka.client")
+
+
 def _base(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.bootstrap_servers, **settings.kafka}
+    return {"bootstrap.servers": settings.bootstrap_servers, "logger": CLIENT_LOG,
+            **settings.kafka}
 
 
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

@@ -1,6 +1,56 @@
-"""The worker loop (placeholder)."""
+"""The worker loop: the one module that touches both Kafka and PostgreSQL.
+
+One iteration: consume up to ``batch_size`` messages; validate each (pure);
+send the invalid ones to the dead-letter topic and wait for the broker's
+acknowledgement; fold the valid ones into the saved states of the entities
+they touch and write rows and states in one PostgreSQL transaction; only
+then store the consumed offsets, which the consumer commits to Kafka.
+
+Where offsets live, and what a crash repeats: offsets live in Kafka only.
+Between the database commit and the Kafka commit a crash loses nothing; on
+restart the same messages are consumed again, and the fold drops every event
+whose ``event_id`` its saved state already holds, so rows and states come out
+the same. A repeated batch can repeat its dead letters (the DLQ is
+at-least-once); each carries its source topic, partition and offset, by which
+a reader can tell repeats apart.
+
+What a retry repeats: a transient failure (connection lost, server restart,
+serialization failure, deadlock, broker transport error) re-runs the whole
+step, with exponential backoff and jitter, up to ``retry_timeout_s``: a
+rolled-back transaction re-reads the states and re-folds, and dead letters
+are sent again. Consumption pauses meanwhile, since the loop is one thread.
+A permanent failure (missing table, retries exhausted) raises
+:class:`FatalError` with nothing stored past the last committed batch.
+"""
+
+from __future__ import annotations
 
 import gc
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import tenacity
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from pudato_registry import kafka
+from pudato_registry.events import Event
+from pudato_registry.metrics import Metrics
+from pudato_registry.projection import JobState, Projection, StepState, to_micros
+from pudato_registry.settings import Settings
+from pudato_registry.store import States, Store, Writes, is_transient
+from pudato_registry.validate import Rejection, validate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Partition = tuple[str, int]
+
+
+class FatalError(RuntimeError):
+    """The worker cannot go on: a permanent failure, or a transient one that outlasted retries."""
 
 
 def tune_gc() -> None:
@@ -10,3 +60,280 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+@dataclass
+class Batch:
+    """One consume() worth of messages, split by validation."""
+
+    events: list[Event] = field(default_factory=list)
+    rejections: list[tuple[Message, Rejection]] = field(default_factory=list)
+    next_offsets: dict[Partition, int] = field(default_factory=dict)
+    consumed: int = 0
+
+
+@dataclass
+class Stats:
+    """Running totals, for the demo and the tests (Prometheus has the same)."""
+
+    consumed: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+
+def plan_writes(events: Sequence[Event], states: States) -> tuple[Writes, int]:
+    """Fold ``events`` into the saved ``states``: the writes, and how many events were new."""
+    projection = Projection(
+        jobs={job_id: JobState.load(job_id, s) for job_id, s in states.jobs.items()},
+        steps={step_id: StepState.load(step_id, s) for step_id, s in states.steps.items()},
+    )
+    new = projection.apply_all(events)
+    writes = Writes(
+        jobs=projection.job_rows(only_changed=True),
+        steps=projection.step_rows(only_changed=True),
+        job_states=[(i, projection.jobs[i].dump()) for i in sorted(projection.changed_jobs)],
+        step_states=[(i, projection.steps[i].dump()) for i in sorted(projection.changed_steps)],
+    )
+    return writes, new
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge every dead letter in time (transient)."""
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, DeliveryError):
+        return True
+    if isinstance(exc, KafkaException):
+        error = exc.args[0]
+        return bool(error.retriable()) and not error.fatal()
+    return is_transient(exc)
+
+
+class Worker:
+    """Consumes the event topic and keeps the tables equal to the projection of its events."""
+
+    def __init__(self, settings: Settings, *, consumer: Consumer | None = None,
+                 producer: Producer | None = None, store: Store | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.consumer = consumer or kafka.make_consumer(settings)
+        self.producer = producer or kafka.make_producer(settings, **{"client.id": "pudato-dlq"})
+        self.store = store or Store(settings.database_dsn)
+        self.metrics = metrics or Metrics()
+        self.stats = Stats()
+        self._stop = threading.Event()
+        self._assigned: set[Partition] = set()
+        self._at_end: set[Partition] = set()
+        self._lag_due = 0.0
+        self._consume_errors: set[int] = set()
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish its batch, commit and return (signal handlers call this)."""
+        self._stop.set()
+
+    # --- the loop ------------------------------------------------------------
+
+    def run(self, *, drain: bool = False) -> None:
+        """Consume until stopped, or with ``drain`` until every assigned partition is caught up."""
+        try:
+            kafka.require_topic(self.settings)
+            self._retry("connect", self.store.ping)
+            tune_gc()
+            self.consumer.subscribe([self.settings.topic], on_assign=self._on_assign,
+                                    on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self.metrics.set_ready(True)
+            log.info("worker consuming %s as group %s", self.settings.topic,
+                     self.settings.group_id)
+            while not self._stop.is_set():
+                messages = self.consumer.consume(self.settings.batch_size,
+                                                 self.settings.batch_timeout_s)
+                batch = self._collect(messages)
+                if batch.consumed or batch.rejections:
+                    self._process(batch)
+                self._observe_lag()
+                if drain and self._assigned and self._assigned <= self._at_end:
+                    log.info("drained: every assigned partition is at its end")
+                    break
+        finally:
+            self.metrics.set_ready(False)
+            self._close()
+
+    def _collect(self, messages: list[Message]) -> Batch:
+        batch = Batch()
+        max_bytes = self.settings.max_message_bytes
+        for message in messages:
+            error = message.error()
+            where = (message.topic(), message.partition())
+            if error is not None:
+                self._on_consume_error(error, where)
+                continue
+            self._at_end.discard(where)
+            batch.consumed += 1
+            batch.next_offsets[where] = message.offset() + 1
+            result = validate(message.value(), max_bytes)
+            if isinstance(result, Rejection):
+                batch.rejections.append((message, result))
+            else:
+                batch.events.append(result)
+        return batch
+
+    def _on_consume_error(self, error: KafkaError, where: Partition) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            self._at_end.add(where)
+            return
+        if error.fatal():
+            raise FatalError(f"Kafka consumer failed: {error.str()}")
+        # librdkafka reconnects by itself; say so once per kind of error.
+        if error.code() not in self._consume_errors:
+            self._consume_errors.add(error.code())
+            log.warning("Kafka consumer error (retried by the client): %s", error.str())
+
+    def _process(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        if batch.rejections:
+            self._retry("dead_letter", self._dead_letter, batch.rejections)
+        new = 0
+        if batch.events:
+            new = self._retry("apply", self._apply, batch.events)
+        committed_at = time.time()
+        # Durable before acknowledged: only now may the offsets be committed.
+        self.consumer.store_offsets(offsets=[
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in batch.next_offsets.items()
+        ])
+        self._consume_errors.clear()
+        self._account(batch, new, committed_at, time.perf_counter() - started)
+
+    def _account(self, batch: Batch, new: int, committed_at: float, seconds: float) -> None:
+        m, s = self.metrics, self.stats
+        s.consumed += batch.consumed
+        s.applied += new
+        s.duplicates += len(batch.events) - new
+        s.dead_lettered += len(batch.rejections)
+        s.batches += 1
+        m.consumed.inc(batch.consumed)
+        m.applied.inc(new)
+        m.duplicates.inc(len(batch.events) - new)
+        for _message, rejection in batch.rejections:
+            m.dead_lettered.labels(rejection.kind.value).inc()
+        m.batches.inc()
+        m.batch_seconds.observe(seconds)
+        committed_us = int(committed_at * 1_000_000)
+        for event in batch.events:
+            m.event_to_row.observe((committed_us - to_micros(event.occurred_at)) / 1e6)
+        m.set_ready(True)
+
+    # --- the two side effects ----------------------------------------------------
+
+    def _apply(self, events: Sequence[Event]) -> int:
+        job_ids = sorted({e.job_id for e in events})
+        step_ids = sorted({e.step_id for e in events if e.step_id is not None})
+        new = 0
+
+        def compute(states: States) -> Writes:
+            nonlocal new
+            writes, new = plan_writes(events, states)
+            return writes
+
+        self.store.apply(job_ids, step_ids, compute)
+        return new
+
+    def _dead_letter(self, rejections: Sequence[tuple[Message, Rejection]]) -> None:
+        failures: list[KafkaError] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(error)
+
+        for message, rejection in rejections:
+            headers = kafka.dead_letter_headers(message, rejection.kind.value, rejection.message)
+            while True:
+                try:
+                    self.producer.produce(self.settings.dlq_topic, key=message.key(),
+                                          value=message.value(), headers=headers,
+                                          on_delivery=delivered)
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self.producer.poll(0.1)
+            log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic(), message.partition(),
+                        message.offset(), rejection.kind.value, rejection.message)
+        pending = self.producer.flush(max(self.settings.retry_max_backoff_s, 10.0))
+        if pending or failures:
+            detail = failures[0].str() if failures else f"{pending} not acknowledged in time"
+            raise DeliveryError(f"dead letters not delivered: {detail}")
+
+    def _retry(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            self.metrics.retries.labels(operation).inc()
+            self.metrics.set_ready(False)
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("%s failed (attempt %d), retrying: %s", operation,
+                        state.attempt_number, exc)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(_transient),
+            wait=tenacity.wait_random_exponential(multiplier=0.05,
+                                                  max=self.settings.retry_max_backoff_s),
+            stop=tenacity.stop_after_delay(self.settings.retry_timeout_s),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args)
+        except Exception as exc:
+            kind = "still failing after retries" if _transient(exc) else "permanent failure"
+            raise FatalError(f"{operation}: {kind}: {exc}") from exc
+
+    # --- group membership -----------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        got = {(p.topic, p.partition) for p in partitions}
+        self._assigned |= got
+        self._at_end -= got
+        log.info("assigned %s", sorted(p for _t, p in got))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The loop is one thread: callbacks run inside consume(), so the batch
+        # before it has already committed and stored its offsets. Commit them
+        # now, before the partitions go to another member.
+        self._commit(consumer)
+        lost = {(p.topic, p.partition) for p in partitions}
+        self._assigned -= lost
+        self._at_end -= lost
+        log.info("revoked %s", sorted(p for _t, p in lost))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(p.topic, p.partition) for p in partitions}
+        self._assigned -= lost
+        self._at_end -= lost
+        log.warning("lost %s", sorted(p for _t, p in lost))
+
+    @staticmethod
+    def _commit(consumer: Consumer) -> None:
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset commit failed: %s", exc)
+
+    def _observe_lag(self) -> None:
+        now = time.monotonic()
+        if now < self._lag_due or not self._assigned:
+            return
+        self._lag_due = now + 5.0
+        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        lags = []
+        for position in self.consumer.position(partitions):
+            _low, high = self.consumer.get_watermark_offsets(position, cached=True)
+            if position.offset >= 0 and high >= 0:
+                lags.append((position.topic, position.partition, high - position.offset))
+        self.metrics.observe_lag(lags)
+
+    def _close(self) -> None:
+        self._commit(self.consumer)
+        self.consumer.close()
+        self.producer.flush(10)
+        self.store.close()

@@ -177,6 +177,10 @@ def _references_list(merged: dict[tuple[str, str], list[Any]]) -> list[dict[str,
             sorted(merged.values(), key=lambda held: tuple(held[0]))]
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 def _min(current: int | None, candidate: int) -> int:
     return candidate if current is None or candidate < current else current
 
@@ -270,13 +274,13 @@ class JobState(_Entity):
             metadata=self._metadata(),
         )
 
-    def dump(self) -> bytes:
-        """The state's compact encoding, for ``pudato_job_state.state``."""
-        return orjson.dumps([1, sorted(self.seen), self.win, self.started_at, self.scalars,
+    def dump(self) -> str:
+        """The state's compact JSON encoding, for ``pudato_job_state.state``."""
+        return _dumps([1, sorted(self.seen), self.win, self.started_at, self.scalars,
                              self.metadata, self.submitted_at, self.first_seen_at])
 
     @classmethod
-    def load(cls, job_id: str, encoded: bytes) -> JobState:
+    def load(cls, job_id: str, encoded: str) -> JobState:
         """Decode :meth:`dump`'s output."""
         _v, seen, win, started, scalars, metadata, submitted, first = orjson.loads(encoded)
         return cls(set(seen), win, started, scalars, metadata, job_id, submitted, first)
@@ -353,9 +357,9 @@ class StepState(_Entity):
             metadata=self._metadata(),
         )
 
-    def dump(self) -> bytes:
-        """The state's compact encoding, for ``pudato_job_step_state.state``."""
-        return orjson.dumps([
+    def dump(self) -> str:
+        """The state's compact JSON encoding, for ``pudato_step_state.state``."""
+        return _dumps([
             1, sorted(self.seen), self.win, self.started_at, self.scalars, self.metadata,
             self.owner,
             [[*pair, *held] for pair, held in self.inputs.items()],
@@ -364,7 +368,7 @@ class StepState(_Entity):
         ])
 
     @classmethod
-    def load(cls, step_id: str, encoded: bytes) -> StepState:
+    def load(cls, step_id: str, encoded: str) -> StepState:
         """Decode :meth:`dump`'s output."""
         (_v, seen, win, started, scalars, metadata, owner, inputs, outputs,
          executions) = orjson.loads(encoded)

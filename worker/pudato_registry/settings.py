@@ -8,6 +8,7 @@ settings) are kept out of ``repr`` and logs: see :func:`redact_url` and
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr
@@ -50,6 +51,10 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(False, description="log one JSON object per line")
     log_level: str = Field("INFO", description="logging level")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with ``changes`` applied (settings stay frozen)."""
+        return type(self)(**{**self.model_dump(), **changes})
 
     @property
     def database_dsn(self) -> str:

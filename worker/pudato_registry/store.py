@@ -7,13 +7,15 @@ fold states) commits together or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import psycopg
 from psycopg import sql
 
@@ -118,3 +120,154 @@ def migrate(dsn: str, migrations: Sequence[Migration] | None = None) -> list[Mig
                 log.info("applied migration %03d_%s", migration.version, migration.name)
     return applied_now
 
+
+
+# --- error classification --------------------------------------------------------
+
+# SQLSTATE classes and codes after which the same work can succeed if tried
+# again: the connection or the server went away, the transaction lost a race,
+# the server is short of something for now.
+_TRANSIENT_CLASSES = ("08", "40", "53", "58")
+_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "55P03", "55006"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a PostgreSQL failure may pass if the transaction is tried again."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate
+    if state is None:
+        # No SQLSTATE: the client lost or could not open the connection.
+        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES
+
+
+# --- the projection tables ---------------------------------------------------------
+
+JOB_COLUMNS = ("job_id", "pipeline", "environment", "namespace", "status", "logic_version",
+               "request", "parameters", "dag_run_id", "created_at", "started_at",
+               "completed_at", "error", "metadata")
+STEP_COLUMNS = ("step_id", "job_id", "step_name", "handler_type", "action", "status",
+                "correlation_id", "inputs", "outputs", "executions", "started_at",
+                "completed_at", "duration_ms", "error", "metadata")
+_JSON_COLUMNS = frozenset({"request", "parameters", "metadata", "inputs", "outputs",
+                           "executions"})
+
+
+def _staging(table: str, key: str, columns: Sequence[str]) -> tuple[str, str, str]:
+    """(create temp table, COPY into it, upsert from it) statements for ``table``."""
+    stage = f"pudato_stage_{table.removeprefix('pudato_')}"
+    cols = ", ".join(columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS",
+        f"COPY {stage} ({cols}) FROM STDIN",
+        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+    )
+
+
+_TABLES = {
+    "jobs": _staging("pudato_jobs", "job_id", JOB_COLUMNS),
+    "steps": _staging("pudato_job_steps", "step_id", STEP_COLUMNS),
+    "job_state": _staging("pudato_job_state", "job_id", ("job_id", "state")),
+    "step_state": _staging("pudato_step_state", "step_id", ("step_id", "state")),
+}
+
+
+@dataclass(frozen=True)
+class Writes:
+    """Everything one batch changes: rows in table column order, and encoded fold states."""
+
+    jobs: Sequence[Sequence[object]]
+    steps: Sequence[Sequence[object]]
+    job_states: Sequence[tuple[str, str]]
+    step_states: Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class States:
+    """The saved fold states of the entities a batch touches (absent: never seen)."""
+
+    jobs: dict[str, str]
+    steps: dict[str, str]
+
+
+class Store:
+    """The worker's PostgreSQL side: one connection, one transaction per batch.
+
+    Constructing it opens nothing; the connection is opened on first use and
+    dropped after any failure, so that a retry starts on a fresh one.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            conn = connect(self._dsn)
+            # REPEATABLE READ: if another worker changed an entity this batch
+            # read, the upsert fails with a serialization error (40001) and the
+            # whole batch is retried on fresh states, instead of losing an update.
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with conn.transaction():
+                for create, _copy, _upsert in _TABLES.values():
+                    conn.execute(create)
+            self._conn = conn
+        return self._conn
+
+    def apply(self, job_ids: Sequence[str], step_ids: Sequence[str],
+              compute: Callable[[States], Writes]) -> Writes:
+        """In one transaction: read the states of these entities, ``compute``, write, commit."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                states = States(
+                    jobs=dict(conn.execute(  # type: ignore[arg-type]
+                        "SELECT job_id, state FROM pudato_job_state WHERE job_id = ANY(%s)",
+                        (list(job_ids),)).fetchall()),
+                    steps=dict(conn.execute(  # type: ignore[arg-type]
+                        "SELECT step_id, state FROM pudato_step_state WHERE step_id = ANY(%s)",
+                        (list(step_ids),)).fetchall()),
+                )
+                writes = compute(states)
+                # Jobs before steps: a step's job row must exist (foreign key).
+                self._write(conn, "jobs", writes.jobs, JOB_COLUMNS)
+                self._write(conn, "steps", writes.steps, STEP_COLUMNS)
+                self._write(conn, "job_state", writes.job_states, ("job_id", "state"))
+                self._write(conn, "step_state", writes.step_states, ("step_id", "state"))
+        except BaseException:
+            self.close()
+            raise
+        return writes
+
+    @staticmethod
+    def _write(conn: psycopg.Connection[tuple[object, ...]], table: str,
+               rows: Sequence[Sequence[object]], columns: Sequence[str]) -> None:
+        if not rows:
+            return
+        _create, copy_sql, upsert = _TABLES[table]
+        json_at = [i for i, c in enumerate(columns) if c in _JSON_COLUMNS]
+        with conn.cursor() as cur:
+            with cur.copy(copy_sql) as copy:
+                for row in rows:
+                    if json_at:
+                        row = list(row)
+                        for i in json_at:
+                            row[i] = orjson.dumps(row[i]).decode()
+                    copy.write_row(row)
+            cur.execute(upsert)
+
+    def ping(self) -> None:
+        """Open the connection if needed and run a trivial query (readiness, start-up checks)."""
+        conn = self._connection()
+        conn.execute("SELECT 1")
+        conn.rollback()
+
+    def close(self) -> None:
+        """Close the connection, if open; the next call opens a new one."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None

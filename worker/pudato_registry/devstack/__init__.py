@@ -105,6 +105,21 @@ def _service_user() -> pwd.struct_passwd | None:
     raise StackError("running as root and no `postgres` or `nobody` user to run PostgreSQL as")
 
 
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait until process ``pid`` has exited (a zombie counts as exited)."""
+    deadline = time.monotonic() + timeout
+    stat = Path(f"/proc/{pid}/stat")
+    while time.monotonic() < deadline:
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.02)
+    raise StackError(f"process {pid} did not exit within {timeout:.0f}s")
+
+
 @dataclass
 class DevStack:
     """One local Kafka broker and one PostgreSQL cluster, started and stopped together."""
@@ -254,6 +269,12 @@ class DevStack:
         """Stop PostgreSQL, dropping every connection, and keep its data."""
         self._pg_ctl("stop", "-m", "fast")
 
+    def _postmaster_pid(self) -> int | None:
+        assert self._pgdata is not None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self._pgdata / "postmaster.pid").read_text().split()[0])
+        return None
+
     def _pg_ctl(self, *args: str) -> None:
         assert self._pgdata is not None
         user = _service_user()
@@ -284,8 +305,13 @@ class DevStack:
         self.stop_kafka()
         if self._pgdata is not None:
             if self._pg_started:
+                pid = self._postmaster_pid()
                 with contextlib.suppress(subprocess.CalledProcessError):
                     self._pg_ctl("stop", "-m", "fast")
+                # pg_ctl returns once postmaster.pid is gone, a moment before
+                # the process itself has exited.
+                if pid is not None:
+                    _wait_gone(pid, timeout=30)
                 self._pg_started = False
             shutil.rmtree(self._pgdata, ignore_errors=True)
             self._pgdata = None

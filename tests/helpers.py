@@ -1,0 +1,77 @@
+"""Helpers of the integration tests: run workers, wait on conditions, compare with the fold."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pudato_registry import queries
+from pudato_registry.events import Event
+from pudato_registry.factory import encode
+from pudato_registry.loop import Worker
+from pudato_registry.projection import fold
+from pudato_registry.settings import Settings
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def drain(settings: Settings) -> Worker:
+    """Run a worker in this process until it has caught up; return it for its stats."""
+    worker = Worker(settings)
+    worker.run(drain=True)
+    return worker
+
+
+def messages_of(events: Iterable[Event]) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of each event as a publisher sends it."""
+    return [(e.correlation_id.encode(), encode(e)) for e in events]
+
+
+def expected_rows(events: Iterable[Event]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows the pure fold gives, as the tables return them."""
+    projection = fold(events)
+    return ([r._asdict() for r in projection.job_rows()],
+            [r._asdict() for r in projection.step_rows()])
+
+
+def table_rows(database_url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every row of both tables, sorted by key."""
+    return queries.all_jobs(database_url), queries.all_steps(database_url)
+
+
+def count_rows(database_url: str) -> int:
+    """How many step and job rows exist (a progress measure)."""
+    jobs, steps = table_rows(database_url)
+    return len(jobs) + len(steps)
+
+
+def worker_process(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+    """Start `pudato-registry worker` as a child process configured by PUDATO_* variables."""
+    env = {
+        **os.environ,
+        "PUDATO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "PUDATO_DATABASE_URL": settings.database_dsn,
+        "PUDATO_TOPIC": settings.topic,
+        "PUDATO_DLQ_TOPIC": settings.dlq_topic,
+        "PUDATO_GROUP_ID": settings.group_id,
+        "PUDATO_METRICS_PORT": "0",
+        "PUDATO_BATCH_SIZE": str(settings.batch_size),
+        "PUDATO_BATCH_TIMEOUT_S": str(settings.batch_timeout_s),
+        "PUDATO_RETRY_MAX_BACKOFF_S": str(settings.retry_max_backoff_s),
+        "PUDATO_KAFKA": "{\"session.timeout.ms\": \"6000\", \"heartbeat.interval.ms\": \"500\"}",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "pudato_registry.cli", "worker", *args], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )

@@ -1,0 +1,191 @@
+"""The worker on a real broker and a real database: golden vectors, workloads, crashes, restarts."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from pudato_registry import kafka
+from pudato_registry.devstack import DevStack
+from pudato_registry.loop import FatalError, Worker
+from pudato_registry.sample import workload
+from pudato_registry.settings import MIB, Settings
+from pudato_registry.validate import Rejection, validate
+from tests.helpers import (
+    count_rows,
+    drain,
+    expected_rows,
+    messages_of,
+    table_rows,
+    wait_for,
+    worker_process,
+)
+from tests.services import Services, fresh_database, produce, read_topic, settings_for
+from tests.vectors import Vector, all_vectors, as_expected
+
+VECTORS = all_vectors()
+DLQ_HEADERS = {"error", "error.kind", "source.topic", "source.partition", "source.offset",
+               "dead_lettered_at"}
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v.name)
+def test_golden_vector_through_kafka(settings: Settings, vector: Vector) -> None:
+    produce(settings, [(m.key, m.value) for m in vector.messages])
+    worker = drain(settings)
+    jobs, steps = table_rows(settings.database_dsn)
+    assert [as_expected(r) for r in jobs] == vector.jobs
+    assert [as_expected(r) for r in steps] == vector.steps
+    dead = read_topic(settings, settings.dlq_topic)
+    assert len(dead) == vector.dead_letters == worker.stats.dead_lettered
+    invalid = [(m.key, m.value) for m in vector.messages
+               if isinstance(validate(m.value), Rejection)]
+    assert sorted(((d.key, d.value) for d in dead), key=repr) == sorted(invalid, key=repr)
+
+
+def test_every_invalid_kind_reaches_the_dlq_with_its_headers(settings: Settings) -> None:
+    vector = next(v for v in VECTORS if v.name == "10-invalid-events")
+    extra = [
+        (b"corr-big", b"{" + b" " * (MIB + 1) + b"}"),
+        (b"corr-nul", b'{"schema_version": 1, "event_id": "n", "event_type": "job.started",'
+                      b' "occurred_at": "2026-11-01T12:00:00Z", "correlation_id": "c",'
+                      b' "job_id": "bad\\u0000id"}'),
+    ]
+    sent = [(m.key, m.value) for m in vector.messages] + extra
+    produce(settings, sent)
+    drain(settings)
+    dead = read_topic(settings, settings.dlq_topic)
+    source = {(r.partition, r.offset): r for r in read_topic(settings, settings.topic)}
+    kinds = set()
+    for letter in dead:
+        assert DLQ_HEADERS <= letter.headers.keys()
+        assert letter.headers["source.topic"] == settings.topic
+        original = source[(int(letter.headers["source.partition"]),
+                           int(letter.headers["source.offset"]))]
+        assert (letter.key, letter.value) == (original.key, original.value)
+        rejection = validate(original.value, settings.max_message_bytes)
+        assert isinstance(rejection, Rejection)
+        assert letter.headers["error.kind"] == rejection.kind.value
+        assert letter.headers["error"] == rejection.message
+        kinds.add(rejection.kind.value)
+    assert len(dead) == vector.dead_letters + len(extra)
+    assert {"too_large", "nul_character", "tombstone", "not_utf8", "not_json", "not_object",
+            "unsupported_schema_version", "unknown_event_type", "missing_field",
+            "invalid_field", "naive_timestamp", "step_id_not_allowed"} == kinds
+
+
+def test_generated_workload_equals_the_pure_fold(settings: Settings) -> None:
+    events = workload(10_000, duplicates=0.08, reorder_window=40)
+    assert len(events) >= 10_000
+    produce(settings, messages_of(events))
+    worker = drain(settings.replace(batch_size=700))  # many batches: states reloaded often
+    assert table_rows(settings.database_dsn) == expected_rows(events)
+    assert worker.stats.applied == len({e.event_id for e in events})
+    assert worker.stats.batches > 10
+
+
+def test_replaying_the_topic_changes_nothing(settings: Settings) -> None:
+    events = workload(2_000, duplicates=0.05)
+    produce(settings, messages_of(events))
+    drain(settings)
+    first = table_rows(settings.database_dsn)
+    replay = drain(settings.replace(group_id=settings.group_id + ".replay"))
+    assert replay.stats.applied == 0
+    assert replay.stats.duplicates == len(events)
+    assert table_rows(settings.database_dsn) == first == expected_rows(events)
+
+
+def test_sigterm_finishes_commits_and_exits_zero(settings: Settings) -> None:
+    events = workload(3_000)
+    produce(settings, messages_of(events))
+    process = worker_process(settings)
+    expected = expected_rows(events)
+    wait_for(lambda: table_rows(settings.database_dsn) == expected, what="all rows applied")
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 0, output
+    # Everything consumed was committed: the group's offsets are at each partition's end.
+    consumer = Consumer(kafka.consumer_config(settings))
+    try:
+        partitions = [TopicPartition(settings.topic, p) for p in range(settings.partitions)]
+        committed = consumer.committed(partitions, timeout=10)
+        ends = [consumer.get_watermark_offsets(p, timeout=10)[1] for p in partitions]
+        assert [c.offset for c in committed] == ends
+    finally:
+        consumer.close()
+
+
+def test_sigkill_at_any_instant_converges(settings: Settings) -> None:
+    events = workload(12_000, duplicates=0.05, reorder_window=30)
+    produce(settings, messages_of(events))
+    small = settings.replace(batch_size=300)
+    for _ in range(3):
+        before = count_rows(settings.database_dsn)
+        process = worker_process(small)
+        wait_for(lambda before=before: count_rows(settings.database_dsn) > before + 100,
+                 what="progress before the kill")
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    drain(small)
+    assert table_rows(settings.database_dsn) == expected_rows(events)
+
+
+def test_three_workers_one_killed_converge(services: Services, database_url: str) -> None:
+    settings = settings_for(services.bootstrap_servers, database_url, partitions=6,
+                            batch_size=300)
+    kafka.create_topics(settings)
+    events = workload(12_000, duplicates=0.05)
+    produce(settings, messages_of(events))
+    workers = [worker_process(settings) for _ in range(3)]
+    try:
+        wait_for(lambda: count_rows(settings.database_dsn) > 500, what="progress")
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(timeout=30)
+        expected = expected_rows(events)
+        wait_for(lambda: table_rows(settings.database_dsn) == expected, timeout=120,
+                 what="the survivors to finish the work")
+    finally:
+        for process in workers[1:]:
+            process.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=60) for p in workers[1:]]
+    assert codes == [0, 0]
+
+
+def test_worker_survives_a_postgres_restart(services: Services, dev_stack: DevStack) -> None:
+    admin = dev_stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    with fresh_database(admin, dev_stack.database_url) as url:
+        settings = settings_for(dev_stack.bootstrap_servers, url, batch_size=200)
+        kafka.create_topics(settings)
+        events = workload(8_000, duplicates=0.05)
+        produce(settings, messages_of(events))
+        worker = Worker(settings)
+        import threading  # noqa: PLC0415
+
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            wait_for(lambda: worker.stats.batches >= 2, what="progress before the restart")
+            dev_stack.restart_postgres()
+            expected = expected_rows(events)
+            wait_for(lambda: table_rows(url) == expected, timeout=120,
+                     what="rows after the restart")
+            assert thread.is_alive()
+        finally:
+            worker.request_stop()
+            thread.join(timeout=60)
+        assert worker.metrics.retries.labels("apply")._value.get() >= 1
+
+
+def test_missing_table_stops_the_worker_with_a_clear_error(services: Services) -> None:
+    with fresh_database(services.admin_url(), services.database_url, migrated=False) as url:
+        settings = settings_for(services.bootstrap_servers, url)
+        kafka.create_topics(settings)
+        with pytest.raises(FatalError, match="permanent failure.*pudato_jobs"):
+            Worker(settings).run(drain=True)
+
+
+def test_missing_topic_fails_clearly(services: Services, database_url: str) -> None:
+    settings = settings_for(services.bootstrap_servers, database_url)
+    with pytest.raises(kafka.TopicMissingError, match="topics create"):
+        Worker(settings).run(drain=True)

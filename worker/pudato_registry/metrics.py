@@ -1,0 +1,91 @@
+"""Prometheus metrics and the ``/healthz`` / ``/readyz`` endpoints, served over HTTP.
+
+Each worker has its own registry, so several workers can live in one process
+(tests do that). The server starts in :meth:`Metrics.serve`, never in the
+constructor.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Scrapes are not worth a log line each."""
+
+
+class Metrics:
+    """The worker's collectors, and readiness as the loop reports it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.consumed = Counter("pudato_events_consumed", "messages consumed", registry=r)
+        self.applied = Counter("pudato_events_applied", "new events applied to the tables",
+                               registry=r)
+        self.duplicates = Counter("pudato_events_duplicate",
+                                  "events dropped as already applied", registry=r)
+        self.dead_lettered = Counter("pudato_events_dead_lettered",
+                                     "invalid messages sent to the dead-letter topic",
+                                     ["kind"], registry=r)
+        self.batches = Counter("pudato_batches", "batches committed", registry=r)
+        self.retries = Counter("pudato_retries", "transient failures retried", ["operation"],
+                               registry=r)
+        self.batch_seconds = Histogram("pudato_batch_seconds",
+                                       "time to validate, fold and commit one batch",
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.event_to_row = Histogram("pudato_event_to_row_seconds",
+                                      "commit time minus the event's occurred_at",
+                                      buckets=_LATENCY_BUCKETS, registry=r)
+        self.lag = Gauge("pudato_consumer_lag", "messages behind the partition's end",
+                         ["topic", "partition"], registry=r)
+        self._ready = False
+        self._last_progress = time.monotonic()
+        self._server: WSGIServer | None = None
+
+    def set_ready(self, ready: bool) -> None:
+        """The loop says whether it holds a working consumer and database connection."""
+        self._ready = ready
+        self._last_progress = time.monotonic()
+
+    def observe_lag(self, lags: Iterable[tuple[str, int, int]]) -> None:
+        """Record (topic, partition, lag) of the assigned partitions."""
+        for topic, partition, lag in lags:
+            self.lag.labels(topic, str(partition)).set(lag)
+
+    def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == "/readyz":
+            if self._ready:
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ready\n"]
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"not ready\n"]
+        return make_wsgi_app(self.registry)(environ, start_response)  # type: ignore[no-any-return]
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve /metrics, /healthz and /readyz in a daemon thread; return the bound port."""
+        self._server = make_server(host, port, self._app, handler_class=_QuietHandler)
+        threading.Thread(target=self._server.serve_forever, name="pudato-metrics",
+                         daemon=True).start()
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop the HTTP server, if serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
