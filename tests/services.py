@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -52,7 +53,7 @@ def _docker_answers() -> bool:
         import docker  # noqa: PLC0415 - only with testcontainers installed
 
         docker.from_env(timeout=3).ping()
-    except Exception:  # noqa: BLE001 - any failure means: no usable engine
+    except Exception:
         return False
     return True
 
@@ -144,11 +145,16 @@ def produce(settings: Settings, messages: list[tuple[bytes | None, bytes | None]
     """Produce (key, value) messages in order and wait until the broker has them all."""
     producer = Producer(kafka.producer_config(settings))
     failures: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _message: object) -> None:
+        if error is not None:
+            failures.append(error)
+
     for key, value in messages:
         while True:
             try:
                 producer.produce(topic or settings.topic, key=key, value=value,
-                                 on_delivery=lambda err, _m: err and failures.append(err))
+                                 on_delivery=delivered)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -183,11 +189,12 @@ def read_topic(settings: Settings, topic: str) -> list[Record]:
                 error = message.error()
                 if error is not None:
                     assert error.code() == KafkaError._PARTITION_EOF, error
-                    at_end.add(message.partition())
+                    at_end.add(cast(int, message.partition()))
                     continue
                 records.append(Record(message.key(), message.value(),
                                       kafka.headers_dict(message.headers()),
-                                      message.partition(), message.offset()))
+                                      cast(int, message.partition()),
+                                      cast(int, message.offset())))
     finally:
         consumer.close()
     return records

@@ -59,7 +59,7 @@ def test_every_invalid_kind_reaches_the_dlq_with_its_headers(settings: Settings)
     source = {(r.partition, r.offset): r for r in read_topic(settings, settings.topic)}
     kinds = set()
     for letter in dead:
-        assert DLQ_HEADERS <= letter.headers.keys()
+        assert letter.headers.keys() >= DLQ_HEADERS
         assert letter.headers["source.topic"] == settings.topic
         original = source[(int(letter.headers["source.partition"]),
                            int(letter.headers["source.offset"]))]
@@ -123,8 +123,11 @@ def test_sigkill_at_any_instant_converges(settings: Settings) -> None:
     for _ in range(3):
         before = count_rows(settings.database_dsn)
         process = worker_process(small)
-        wait_for(lambda before=before: count_rows(settings.database_dsn) > before + 100,
-                 what="progress before the kill")
+
+        def progressed(before: int = before) -> bool:
+            return count_rows(settings.database_dsn) > before + 100
+
+        wait_for(progressed, what="progress before the kill")
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     drain(small)
@@ -181,7 +184,7 @@ def test_missing_table_stops_the_worker_with_a_clear_error(services: Services) -
     with fresh_database(services.admin_url(), services.database_url, migrated=False) as url:
         settings = settings_for(services.bootstrap_servers, url)
         kafka.create_topics(settings)
-        with pytest.raises(FatalError, match="permanent failure.*pudato_jobs"):
+        with pytest.raises(FatalError, match=r"permanent failure.*pudato_jobs"):
             Worker(settings).run(drain=True)
 
 

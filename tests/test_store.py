@@ -108,7 +108,7 @@ def test_concurrent_migrations_apply_each_file_once(services: Services) -> None:
         def run() -> None:
             try:
                 results.append(store.migrate(url))
-            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=run) for _ in range(4)]

@@ -152,7 +152,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     try:
         worker.run(drain=args.drain)
     except (FatalError, kafka.TopicMissingError) as exc:
-        log.error("worker stopped: %s", exc)  # noqa: TRY400 - the message is the whole story
+        log.error("worker stopped: %s", exc)
         return 1
     finally:
         worker.metrics.close()

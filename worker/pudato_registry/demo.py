@@ -42,7 +42,7 @@ def sample_pipeline(now: datetime) -> list[Event]:
         return ExecutionRecord(execution_type="dbt", details={
             "command": "build", "models": [model], "project_dir": "dbt/"})
 
-    def step(n: int, name: str, inputs: list[DataReference], output: DataReference,
+    def step(n: int, name: str, inputs: list[DataReference], output: DataReference, *,
              attempt: int = 1, fail: str | None = None) -> list[Event]:
         sid = f"{job}-{n}-{name}-a{attempt}"
         started = factory.step_started(job, sid, step_name=name, handler_type="transform",

@@ -9,9 +9,7 @@ ignored; missing optional members take their defaults.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeAlias
-
-from typing_extensions import NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypeAlias
 
 from pydantic import (
     AfterValidator,
@@ -19,10 +17,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     StringConstraints,
     TypeAdapter,
     with_config,
 )
+from typing_extensions import TypedDict
 
 SCHEMA_VERSION = 1
 INT32_MAX = 2**31 - 1  # duration_ms is an INTEGER column
@@ -156,8 +156,13 @@ class StepSkippedData(_StepIdentity):
 # --- envelopes ----------------------------------------------------------------
 
 
+# Literal[1] would let JSON `true` and `1.0` through (they equal 1 in Python).
+SchemaVersion = Annotated[StrictInt, Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION,
+                                           json_schema_extra={"const": SCHEMA_VERSION})]
+
+
 class _Envelope(_Strict):
-    schema_version: Literal[1]
+    schema_version: SchemaVersion
     event_id: Id
     occurred_at: Timestamp
     correlation_id: Id

@@ -1,4 +1,4 @@
-"""Constructors of valid events, one per type: what the publisher SDK and the tests build events with.
+"""Constructors of valid events, one per type, for the publisher SDK and the tests.
 
 Each takes typed arguments, draws a fresh UUID for ``event_id`` and stamps
 ``occurred_at`` with the current UTC time unless given one. The result is a

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pudato_registry.settings import Settings
 
@@ -149,9 +149,11 @@ def require_topic(settings: Settings) -> None:
         )
 
 
+Headers = list[tuple[str, str | bytes | None]]
+
+
 def dead_letter_headers(message: Message, kind: str, error: str,
-                        now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> list[
-                            tuple[str, bytes]]:
+                        now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Headers:
     """The headers a dead letter carries: why it was rejected and where it came from."""
     return [
         ("error", error.encode()),
@@ -163,10 +165,10 @@ def dead_letter_headers(message: Message, kind: str, error: str,
     ]
 
 
-def headers_dict(headers: list[tuple[str, bytes | None]] | Mapping[str, bytes] | None) -> dict[
-        str, str]:
+def headers_dict(headers: Headers | Mapping[str, str | bytes | None] | None) -> dict[str, str]:
     """Message headers as a ``str`` dict (last value wins), for reading dead letters."""
     if headers is None:
         return {}
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k: (v or b"").decode("utf-8", "replace") for k, v in items}
+    return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "")
+            for k, v in items}

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import tenacity
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -166,13 +166,13 @@ class Worker:
         max_bytes = self.settings.max_message_bytes
         for message in messages:
             error = message.error()
-            where = (message.topic(), message.partition())
+            where = cast(Partition, (message.topic(), message.partition()))
             if error is not None:
                 self._on_consume_error(error, where)
                 continue
             self._at_end.discard(where)
             batch.consumed += 1
-            batch.next_offsets[where] = message.offset() + 1
+            batch.next_offsets[where] = cast(int, message.offset()) + 1
             result = validate(message.value(), max_bytes)
             if isinstance(result, Rejection):
                 batch.rejections.append((message, result))

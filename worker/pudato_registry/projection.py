@@ -1,4 +1,4 @@
-"""The fold: valid events to the rows of ``pudato_jobs`` and ``pudato_job_steps``. Pure, incremental.
+"""The fold: valid events to rows of ``pudato_jobs`` and ``pudato_job_steps``; pure, incremental.
 
 Every projection rule of ``events-v1.md`` is a function of the *set* of
 events, so the fold keeps, per entity, just enough to merge one more event
@@ -406,7 +406,7 @@ class Projection:
         step = self.steps.get(event.step_id)
         if step is None:
             step = self.steps[event.step_id] = StepState(step_id=event.step_id)
-        if not step.apply(event, micros):  # type: ignore[arg-type]
+        if not step.apply(event, micros):
             if job.first_seen_at is None:  # created just now for a duplicate: forget it
                 del self.jobs[event.job_id]
             return False

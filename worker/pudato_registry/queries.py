@@ -10,7 +10,7 @@ from psycopg.rows import dict_row
 from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, connect
 
 
-def _rows(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], key: str,
+def _rows(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], key: str, *,
           where: str = "", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {', '.join(columns)} FROM {table} {where} "
@@ -33,7 +33,8 @@ def all_steps(dsn: str) -> list[dict[str, Any]]:
 def job_with_steps(dsn: str, job_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """One job and its steps (by start time), or (None, []) if it is unknown."""
     with connect(dsn) as conn:
-        jobs = _rows(conn, "pudato_jobs", JOB_COLUMNS, "job_id", "WHERE job_id = %s", (job_id,))
+        jobs = _rows(conn, "pudato_jobs", JOB_COLUMNS, "job_id", where="WHERE job_id = %s",
+                     params=(job_id,))
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(f"SELECT {', '.join(STEP_COLUMNS)} FROM pudato_job_steps "
                         "WHERE job_id = %s ORDER BY started_at NULLS LAST, step_id", (job_id,))

@@ -1,4 +1,4 @@
-"""Realistic, reproducible event streams: dbt-like pipelines for the demo, the tests and the benches.
+"""Realistic, reproducible event streams: dbt-like pipelines for the tests and the benches.
 
 A job of ``steps`` steps reads raw tables and builds models one after
 another; each step starts and succeeds (or fails, and the job with it, then

@@ -1,4 +1,4 @@
-"""Configuration: built once at the edge (the CLI) from flags and ``PUDATO_*`` variables, then passed down.
+"""Configuration: built once at the edge (the CLI) from flags and ``PUDATO_*`` variables.
 
 Nothing below the CLI reads the environment. Flags win over the environment,
 the environment over the defaults. Secrets (the database URL's password, SASL
@@ -43,7 +43,7 @@ class Settings(BaseSettings):
         240.0, gt=0, description="how long a transient failure is retried before the worker exits"
     )
     retry_max_backoff_s: float = Field(10.0, gt=0, description="cap of one retry's backoff")
-    partitions: int = Field(12, ge=1, description="partitions of a topic that `topics create` makes")
+    partitions: int = Field(12, ge=1, description="partitions of topics `topics create` makes")
     replication_factor: int = Field(1, ge=1, description="replication of created topics")
     kafka: dict[str, str] = Field(
         default_factory=dict,

@@ -75,7 +75,9 @@ def create_database(admin_dsn: str, name: str) -> None:
 def drop_database(admin_dsn: str, name: str) -> None:
     """Drop database ``name``, disconnecting its sessions (for tests)."""
     with connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 def migrate(dsn: str, migrations: Sequence[Migration] | None = None) -> list[Migration]:
@@ -253,10 +255,13 @@ class Store:
             with cur.copy(copy_sql) as copy:
                 for row in rows:
                     if json_at:
-                        row = list(row)
+                        # JSON goes as text; the server parses it into JSONB.
+                        values = list(row)
                         for i in json_at:
-                            row[i] = orjson.dumps(row[i]).decode()
-                    copy.write_row(row)
+                            values[i] = orjson.dumps(values[i]).decode()
+                        copy.write_row(values)
+                    else:
+                        copy.write_row(row)
             cur.execute(upsert)
 
     def ping(self) -> None:

@@ -33,6 +33,7 @@ from pudato_registry import kafka, store
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG4J = HERE / "log4j2.properties"
+JDK_HINT = "install a JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pudato-registry"
 
 
@@ -70,7 +71,7 @@ def kafka_classpath(*, offline_ok: bool = True) -> str:
         if all(Path(jar).exists() for jar in classpath.split(os.pathsep)):
             return classpath
     mvn = _require("mvn", "install Maven (Debian: apt-get install maven)")
-    _require("java", "install a JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)")
+    _require("java", JDK_HINT)
     CACHE.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
         [mvn, "-B", "-q", "-f", str(POM), "dependency:build-classpath",
@@ -167,7 +168,7 @@ class DevStack:
         return self
 
     def _start_kafka(self, classpath: str) -> None:
-        java = _require("java", "install a JDK 17 (Debian: apt-get install openjdk-17-jdk-headless)")
+        java = _require("java", JDK_HINT)
         self.kafka_port = self.kafka_port or free_port()
         controller_port = free_port()
         logs = self.root / "kafka-logs"
