@@ -10,7 +10,7 @@ import pytest
 
 from pudato_registry import factory
 from pudato_registry.cli import main
-from pudato_registry.events import DataReference, ExecutionRecord, json_schema
+from pudato_registry.events import DataReference, Event, ExecutionRecord, json_schema
 from pudato_registry.validate import Rejection, RejectionKind, validate
 
 SCHEMA_FILE = Path(__file__).parents[1] / "schema" / "events-v1.schema.json"
@@ -29,7 +29,7 @@ def test_schema_command_prints_the_schema(capsys: pytest.CaptureFixture[str]) ->
 
 def test_every_constructor_round_trips_through_the_wire() -> None:
     ref = DataReference(ref_type="table", location="main.x")
-    built = [
+    built: list[Event] = [
         factory.job_submitted("j", pipeline="p", logic_version="v"),
         factory.job_started("j"), factory.job_succeeded("j"),
         factory.job_failed("j", error="e"), factory.job_cancelled("j"),

@@ -47,7 +47,7 @@ def an_event(draw: st.DrawFn) -> Event:
         "step.submitted", "step.started", "step.succeeded", "step.failed", "step.skipped",
     )))
     step = draw(st.sampled_from(STEPS))
-    name = {"step_name": draw(st.sampled_from(WORDS)), "handler_type": "transform",
+    name: dict[str, Any] = {"step_name": draw(st.sampled_from(WORDS)), "handler_type": "transform",
             "action": draw(st.sampled_from(("build", "test")))}
     duration = draw(st.none() | st.integers(0, 5000))
     error = draw(st.none() | st.sampled_from(("boom", "bang")))
@@ -140,7 +140,8 @@ def test_refolding_seen_events_changes_nothing(events: list[Event]) -> None:
     before = _rows(projection), {i: s.dump() for i, s in projection.steps.items()}
     resumed = _resume(projection)
     assert resumed.apply_all(events) == 0
-    assert not resumed.changed_jobs and not resumed.changed_steps
+    assert not resumed.changed_jobs
+    assert not resumed.changed_steps
     assert (_rows(resumed), {i: s.dump() for i, s in resumed.steps.items()}) == before
 
 

@@ -1,0 +1,12 @@
+# The ingestion worker, for docker-compose and container platforms.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY worker ./worker
+COPY schema ./schema
+RUN pip install --no-cache-dir . && useradd --system pudato
+USER pudato
+EXPOSE 9108
+ENV PUDATO_METRICS_HOST=0.0.0.0
+ENTRYPOINT ["pudato-registry"]
+CMD ["worker", "--migrate", "--create-topics"]

@@ -1,0 +1,26 @@
+"""What can be checked of docker-compose.yml here: it parses and speaks the code's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pudato_registry.settings import Settings
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_compose_wires_the_worker_with_real_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"kafka", "postgres", "worker"}
+    assert services["kafka"]["image"].startswith("apache/kafka:4.")
+    env = services["worker"]["environment"]
+    fields = {f"PUDATO_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) <= fields
+    assert env["PUDATO_BOOTSTRAP_SERVERS"].split(":")[0] == "kafka"
+    assert "@postgres:" in env["PUDATO_DATABASE_URL"]
+    assert services["worker"]["build"] == "."
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["pudato-registry"]' in dockerfile
