@@ -7,6 +7,7 @@ waits until the worker has applied every event, prints the rows and stops.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 import time
@@ -89,6 +90,8 @@ def _show(rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 def run_demo(settings: Settings, timeout: float = 120.0) -> int:
     """Run the whole demo; return the exit code."""
+    # The broker's start-up chatter (coordinator loading, ...) is not the demo's story.
+    logging.getLogger("pudato_registry.kafka.client").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="pudato-demo-") as tmp:
         print("starting a local Kafka broker and PostgreSQL server ...", flush=True)
         started = time.monotonic()

@@ -39,7 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pudato_registry import kafka
 from pudato_registry.events import Event
 from pudato_registry.metrics import Metrics
-from pudato_registry.projection import JobState, Projection, StepState, to_micros
+from pudato_registry.projection import JobState, Projection, StepState
 from pudato_registry.settings import Settings
 from pudato_registry.store import States, Store, Writes, is_transient
 from pudato_registry.validate import Rejection, validate
@@ -221,9 +221,7 @@ class Worker:
             m.dead_lettered.labels(rejection.kind.value).inc()
         m.batches.inc()
         m.batch_seconds.observe(seconds)
-        committed_us = int(committed_at * 1_000_000)
-        for event in batch.events:
-            m.event_to_row.observe((committed_us - to_micros(event.occurred_at)) / 1e6)
+        m.event_to_row.observe_many(committed_at - e.occurred_at.timestamp() for e in batch.events)
         m.set_ready(True)
 
     # --- the two side effects ----------------------------------------------------

@@ -7,16 +7,67 @@ constructor.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10,
+                    30, 60, 300)
+
+
+class BulkHistogram(Collector):
+    """A histogram fed a batch of observations at once.
+
+    prometheus_client's Histogram takes a lock and searches the buckets in
+    Python for every observation; a batch of thousands of event latencies
+    would spend more there than in folding them. This one counts a batch with
+    one C-level bisect per value and one lock per batch.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self._name, self._doc = name, documentation
+        self._bounds = [*buckets, math.inf]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        """Count every value of ``values``."""
+        counts = [0] * len(self._bounds)
+        total = 0.0
+        bounds = self._bounds
+        for value in values:
+            counts[bisect.bisect_left(bounds, value)] += 1
+            total += value
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def collect(self) -> Iterator[Metric]:
+        """The cumulative buckets, count and sum, as Prometheus wants them."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        family = HistogramMetricFamily(self._name, self._doc)
+        cumulative = list(itertools.accumulate(counts))
+        family.add_metric([], [(_bound(b), c) for b, c in zip(self._bounds, cumulative,
+                                                               strict=True)], total)
+        yield family
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if math.isinf(value) else repr(value)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -44,9 +95,9 @@ class Metrics:
         self.batch_seconds = Histogram("pudato_batch_seconds",
                                        "time to validate, fold and commit one batch",
                                        buckets=_LATENCY_BUCKETS, registry=r)
-        self.event_to_row = Histogram("pudato_event_to_row_seconds",
-                                      "commit time minus the event's occurred_at",
-                                      buckets=_LATENCY_BUCKETS, registry=r)
+        self.event_to_row = BulkHistogram("pudato_event_to_row_seconds",
+                                          "commit time minus the event's occurred_at",
+                                          _LATENCY_BUCKETS, r)
         self.lag = Gauge("pudato_consumer_lag", "messages behind the partition's end",
                          ["topic", "partition"], registry=r)
         self._ready = False

@@ -28,6 +28,7 @@ epoch (exact, cheap to compare and to store).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -53,7 +54,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 Stamp = tuple[int, str]  # (occurred_at in µs, event_id): "event order"
-Position = tuple[int, str, int]  # a list entry's place: (µs, event_id, index)
+# A list entry's place is [µs, event_id, index]: a list, not a tuple, since
+# that is what a saved state decodes to, and lists compare element-wise too.
 
 JOB_SCALARS = ("pipeline", "logic_version", "environment", "namespace", "request",
                "parameters", "dag_run_id")
@@ -145,15 +147,14 @@ def _merge_references(merged: dict[tuple[str, str], list[Any]], stamp: Stamp,
     if not references:
         return
     for index, ref in enumerate(references):
-        position = (stamp[0], stamp[1], index)
+        position = [stamp[0], stamp[1], index]
         pair = (ref["ref_type"], ref["location"])
         held = merged.get(pair)
         if held is None:
             merged[pair] = [position, position, reference_json(ref)]
             continue
-        if position < tuple(held[0]):
-            held[0] = position
-        if position > tuple(held[1]):
+        held[0] = min(held[0], position)
+        if position > held[1]:
             held[1] = position
             held[2] = reference_json(ref)
 
@@ -166,15 +167,18 @@ def _merge_executions(merged: dict[bytes, list[Any]], stamp: Stamp,
     for index, record in enumerate(executions):
         content = execution_json(record)
         identity = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
-        position = (stamp[0], stamp[1], index)
+        position = [stamp[0], stamp[1], index]
         held = merged.get(identity)
-        if held is None or position < tuple(held[0]):
+        if held is None or position < held[0]:
             merged[identity] = [position, content]
+
+
+_FIRST = operator.itemgetter(0)
 
 
 def _references_list(merged: dict[tuple[str, str], list[Any]]) -> list[dict[str, Any]]:
     return [content for _first, _last, content in
-            sorted(merged.values(), key=lambda held: tuple(held[0]))]
+            sorted(merged.values(), key=_FIRST)]
 
 
 def _dumps(value: Any) -> str:
@@ -349,7 +353,7 @@ class StepState(_Entity):
             inputs=_references_list(self.inputs),
             outputs=_references_list(self.outputs),
             executions=[content for _pos, content in
-                        sorted(self.executions.values(), key=lambda held: tuple(held[0]))],
+                        sorted(self.executions.values(), key=_FIRST)],
             started_at=None if self.started_at is None else from_micros(self.started_at),
             completed_at=None if completed is None else from_micros(completed),
             duration_ms=duration,

@@ -1,0 +1,260 @@
+"""The worker's speed on this machine, with broker and database on the same machine.
+
+    python bench/bench_worker.py [--events 200000] [--partitions 6]
+
+Prints, for issue 4's targets:
+1. `pudato-registry worker --drain` from an empty database over a realistic
+   workload (jobs of 10 steps, 1 % duplicates): events/s, wall time, peak RSS;
+2. a plain COPY of the resulting final rows into empty tables of the same
+   schema: rows/s, and the ratio worker events/s / COPY rows/s (target >= 1.5);
+3. a naive loop that applies each event in its own transaction (read the
+   entity states, fold one event, INSERT ... ON CONFLICT, commit): events/s and
+   the worker's multiple of it (target >= 30);
+4. live: events published at --rate per second for --live-seconds, each
+   stamped with the time it is sent; the worker's event-to-row p99 (commit
+   time minus occurred_at, from its histogram; target <= 250 ms) and peak RSS
+   (target < 300 MB).
+Services: PUDATO_BENCH_BOOTSTRAP_SERVERS / PUDATO_BENCH_DATABASE_URL, else a
+fresh dev stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import produce_all, services
+from pudato_registry import kafka, store
+from pudato_registry.devstack import free_port
+from pudato_registry.factory import encode
+from pudato_registry.loop import plan_writes
+from pudato_registry.sample import workload
+from pudato_registry.settings import Settings
+from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, States
+
+
+def fresh(admin: str, base: str) -> str:
+    """A new migrated database; its URL."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    store.create_database(admin, name)
+    url = base.rsplit("/", 1)[0] + "/" + name
+    store.migrate(url)
+    return url
+
+
+def settings_for(bootstrap: str, url: str, partitions: int, **more: object) -> Settings:
+    """Settings with a topic and group of their own."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    return Settings(bootstrap_servers=bootstrap, database_url=url,
+                    topic=f"{name}.events", dlq_topic=f"{name}.dlq", group_id=name,
+                    partitions=partitions, metrics_port=0, **more)  # type: ignore[arg-type]
+
+
+def worker(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+    """`pudato-registry worker` as a child process."""
+    env = {**os.environ, "PUDATO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "PUDATO_DATABASE_URL": settings.database_dsn, "PUDATO_TOPIC": settings.topic,
+           "PUDATO_DLQ_TOPIC": settings.dlq_topic, "PUDATO_GROUP_ID": settings.group_id,
+           "PUDATO_METRICS_PORT": str(settings.metrics_port), "PUDATO_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, "-m", "pudato_registry.cli", "worker", *args],
+                            env=env)
+
+
+class PeakRss:
+    """Samples a process's resident set size every 50 ms; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak_kb = 0
+        self._status = Path(f"/proc/{pid}/status")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                text = self._status.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+            time.sleep(0.05)
+
+
+def copy_baseline(source: str, target: str) -> tuple[int, float]:
+    """COPY the final rows of ``source`` into the empty tables of ``target``: (rows, seconds)."""
+    with psycopg.connect(source) as conn:
+        jobs = conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM pudato_jobs").fetchall()
+        steps = conn.execute(f"SELECT {', '.join(STEP_COLUMNS)} FROM pudato_job_steps").fetchall()
+    from psycopg.types.json import Jsonb  # noqa: PLC0415
+
+    def adapt(rows: list[tuple[object, ...]]) -> list[list[object]]:
+        return [[Jsonb(v) if isinstance(v, dict | list) else v for v in row] for row in rows]
+
+    jobs_in, steps_in = adapt(jobs), adapt(steps)
+    with psycopg.connect(target) as conn:
+        started = time.perf_counter()
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY pudato_jobs ({', '.join(JOB_COLUMNS)}) FROM STDIN") as copy:
+                for row in jobs_in:
+                    copy.write_row(row)
+            with cur.copy(f"COPY pudato_job_steps ({', '.join(STEP_COLUMNS)}) FROM STDIN") as copy:
+                for row in steps_in:
+                    copy.write_row(row)
+        conn.commit()
+        seconds = time.perf_counter() - started
+    return len(jobs) + len(steps), seconds
+
+
+def naive(url: str, events: list) -> float:  # type: ignore[type-arg]
+    """Events/s of one transaction per event: read states, fold, upsert, commit."""
+    jobs_sql = (f"INSERT INTO pudato_jobs ({', '.join(JOB_COLUMNS)}) VALUES "
+                f"({', '.join(['%s'] * len(JOB_COLUMNS))}) ON CONFLICT (job_id) DO UPDATE SET "
+                + ", ".join(f"{c} = EXCLUDED.{c}" for c in JOB_COLUMNS[1:]))
+    steps_sql = (f"INSERT INTO pudato_job_steps ({', '.join(STEP_COLUMNS)}) VALUES "
+                 f"({', '.join(['%s'] * len(STEP_COLUMNS))}) ON CONFLICT (step_id) DO UPDATE SET "
+                 + ", ".join(f"{c} = EXCLUDED.{c}" for c in STEP_COLUMNS[1:]))
+    from psycopg.types.json import Jsonb  # noqa: PLC0415
+
+    def adapt(row: tuple[object, ...]) -> list[object]:
+        return [Jsonb(v) if isinstance(v, dict | list) else v for v in row]
+
+    started = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        for event in events:
+            with conn.transaction():
+                job = conn.execute("SELECT job_id, state FROM pudato_job_state WHERE job_id = %s",
+                                   (event.job_id,)).fetchall()
+                step = conn.execute(
+                    "SELECT step_id, state FROM pudato_step_state WHERE step_id = %s",
+                    (event.step_id,)).fetchall() if event.step_id else []
+                writes, _new = plan_writes([event], States(dict(job), dict(step)))
+                for row in writes.jobs:
+                    conn.execute(jobs_sql, adapt(row))  # type: ignore[arg-type]
+                for row in writes.steps:
+                    conn.execute(steps_sql, adapt(row))  # type: ignore[arg-type]
+                for key, state in writes.job_states:
+                    conn.execute("INSERT INTO pudato_job_state VALUES (%s, %s) ON CONFLICT "
+                                 "(job_id) DO UPDATE SET state = EXCLUDED.state", (key, state))
+                for key, state in writes.step_states:
+                    conn.execute("INSERT INTO pudato_step_state VALUES (%s, %s) ON CONFLICT "
+                                 "(step_id) DO UPDATE SET state = EXCLUDED.state", (key, state))
+    return len(events) / (time.perf_counter() - started)
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """The worker's metrics: name -> labels -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def p99_bound(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> tuple[float, int]:
+    """The smallest histogram bound holding >= 99 % of event-to-row latencies, and the count."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), count)
+        for labels, count in metrics["pudato_event_to_row_seconds_bucket"].items()
+    )
+    total = buckets[-1][1]
+    return next(bound for bound, count in buckets if count >= 0.99 * total), int(total)
+
+
+def live(bootstrap: str, admin: str, base: str, args: argparse.Namespace) -> None:
+    """Publish at a steady rate to a running worker; print its latency p99 and peak RSS."""
+    url = fresh(admin, base)
+    port = free_port()
+    settings = settings_for(bootstrap, url, args.partitions).replace(metrics_port=port)
+    kafka.create_topics(settings)
+    process = worker(settings)
+    rss = PeakRss(process.pid)
+    total = args.rate * args.live_seconds
+    events = workload(total, concurrent=50, duplicates=0.0)[:total]
+    producer = kafka.make_producer(settings)
+    for _ in range(200):  # the worker is up when its metrics answer
+        try:
+            scrape(port)
+            break
+        except OSError:
+            time.sleep(0.1)
+    time.sleep(3)  # let the group settle: this phase measures steady-state latency
+    started = time.perf_counter()
+    for index, event in enumerate(events):
+        due = started + index / args.rate
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        stamped = event.model_copy(update={"occurred_at": datetime.now(UTC)})
+        producer.produce(settings.topic, key=event.correlation_id.encode(),
+                         value=encode(stamped))
+        producer.poll(0)
+    producer.flush(60)
+    sent_in = time.perf_counter() - started
+    while scrape(port)["pudato_events_applied_total"][()] < len(events):
+        time.sleep(0.2)
+    bound, count = p99_bound(scrape(port))
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    print(f"live: {len(events)} events at {len(events) / sent_in:,.0f}/s; event-to-row p99 <= "
+          f"{bound * 1000:.0f} ms (histogram bound, {count} events); worker peak RSS "
+          f"{rss.peak_kb / 1024:.0f} MB")
+
+
+def main() -> None:
+    """Run the four measurements and print their figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--naive-events", type=int, default=5_000)
+    parser.add_argument("--rate", type=int, default=2_000)
+    parser.add_argument("--live-seconds", type=int, default=30)
+    args = parser.parse_args()
+    with services() as (bootstrap, database):
+        admin = database.rsplit("/", 1)[0] + "/postgres"
+        events = workload(args.events, steps=10, concurrent=50, duplicates=0.01)
+        url = fresh(admin, database)
+        settings = settings_for(bootstrap, url, args.partitions)
+        kafka.create_topics(settings)
+        produce_all(settings, [(e.correlation_id.encode(), encode(e)) for e in events])
+        print(f"workload: {len(events)} events, {len({e.job_id for e in events})} jobs, "
+              f"{args.partitions} partitions")
+
+        started = time.perf_counter()
+        process = worker(settings, "--drain")
+        rss = PeakRss(process.pid)
+        assert process.wait() == 0
+        seconds = time.perf_counter() - started
+        worker_rate = len(events) / seconds
+        print(f"worker --drain: {seconds:.1f} s wall (start-up and group join included), "
+              f"{worker_rate:,.0f} events/s, peak RSS {rss.peak_kb / 1024:.0f} MB")
+
+        rows, copy_seconds = copy_baseline(url, fresh(admin, database))
+        copy_rate = rows / copy_seconds
+        print(f"plain COPY of the {rows} final rows: {copy_seconds:.2f} s, {copy_rate:,.0f} rows/s;"
+              f" worker events/s / COPY rows/s = {worker_rate / copy_rate:.2f} (target >= 1.5)")
+
+        naive_rate = naive(fresh(admin, database), events[:args.naive_events])
+        print(f"naive per-event transaction loop: {naive_rate:,.0f} events/s; worker is "
+              f"{worker_rate / naive_rate:.1f}x (target >= 30)")
+
+        live(bootstrap, admin, database, args)
+
+
+if __name__ == "__main__":
+    main()
