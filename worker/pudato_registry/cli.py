@@ -30,6 +30,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--metrics-port": ("metrics_port", int, "port of /metrics, /healthz, /readyz (0: off)"),
     "--partitions": ("partitions", int, "partitions of topics created"),
     "--log-level": ("log_level", str, "DEBUG, INFO, WARNING, ..."),
+    "--spool-dir": ("spool_dir", Path, "publisher: where undelivered events wait"),
 }
 
 
@@ -77,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     topics_sub.add_parser("create", parents=[common],
                           help="create the event topic (infinite retention) and the DLQ")
     sub.add_parser("schema", parents=[common], help="print the v1 event JSON Schema")
+    publish = sub.add_parser("publish", parents=[common],
+                             help="publish JSON lines of events (backfills, scripts)")
+    publish.add_argument("file", nargs="?", default="-",
+                         help="a file of one event per line; - (default) reads stdin")
+    publish.add_argument("--wait", type=float, default=60.0,
+                         help="seconds to wait for delivery before leaving the rest spooled")
     dev = sub.add_parser("dev", help="the local Kafka + PostgreSQL stack (no Docker needed)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", parents=[common],
@@ -115,6 +122,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "worker":
         return _worker(args, settings)
+    if args.command == "publish":
+        return _publish(args.file, args.wait, settings)
     if args.command == "dev":
         return _dev_up(args.dir, settings)
     if args.command == "demo":
@@ -158,6 +167,34 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         worker.metrics.close()
     log.info("worker stopped: %s", worker.stats)
     return 0
+
+
+def _publish(source: str, wait: float, settings: Settings) -> int:
+    from pudato_registry.publisher import Registry  # noqa: PLC0415
+    from pudato_registry.validate import Rejection, validate  # noqa: PLC0415
+
+    registry = Registry(settings.replace(close_timeout_s=wait))
+    sent = invalid = 0
+    with contextlib.ExitStack() as exits:
+        lines = sys.stdin.buffer if source == "-" else exits.enter_context(
+            Path(source).open("rb"))
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            event = validate(line.rstrip(b"\r\n"), settings.max_message_bytes)
+            if isinstance(event, Rejection):
+                invalid += 1
+                print(f"{source}:{number}: {event.kind.value}: {event.message}", file=sys.stderr)
+                continue
+            registry.emit(event)
+            sent += 1
+    registry.flush(wait)
+    registry.close()
+    spooled = registry.pending()
+    print(f"published {sent - spooled} events"
+          + (f", {spooled} spooled in {registry.spool.path} for later" if spooled else "")
+          + (f"; {invalid} invalid lines skipped" if invalid else ""), file=sys.stderr)
+    return 1 if invalid else 0
 
 
 def _dev_up(root: Path, settings: Settings) -> int:

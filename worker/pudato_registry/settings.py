@@ -8,6 +8,7 @@ settings) are kept out of ``repr`` and logs: see :func:`redact_url` and
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,6 +51,16 @@ class Settings(BaseSettings):
     kafka: dict[str, str] = Field(
         default_factory=dict,
         description="extra librdkafka settings (JSON object), e.g. SASL/SSL",
+    )
+    spool_dir: Path = Field(
+        Path.home() / ".local" / "state" / "pudato-registry",
+        description="where the publisher keeps events it could not deliver yet",
+    )
+    delivery_timeout_ms: int = Field(
+        30_000, ge=1000, description="publisher: after this an undelivered event is spooled"
+    )
+    close_timeout_s: float = Field(
+        5.0, ge=0, description="publisher: longest wait at exit before spooling the rest"
     )
     log_json: bool = Field(False, description="log one JSON object per line")
     log_level: str = Field("INFO", description="logging level")

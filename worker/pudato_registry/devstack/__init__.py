@@ -130,6 +130,7 @@ class DevStack:
     postgres_port: int = 0
     kafka_heap: str = "1g"
     _kafka: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _jvm: list[str] = field(default_factory=list, repr=False)
     _pgdata: Path | None = field(default=None, repr=False)
     _pg_started: bool = field(default=False, repr=False)
 
@@ -168,7 +169,7 @@ class DevStack:
         return self
 
     def _start_kafka(self, classpath: str) -> None:
-        java = _require("java", JDK_HINT)
+        """Configure and format a fresh single-node KRaft cluster, then start it."""
         self.kafka_port = self.kafka_port or free_port()
         controller_port = free_port()
         logs = self.root / "kafka-logs"
@@ -201,26 +202,32 @@ class DevStack:
                 "",
             ])
         )
-        jvm = [
-            java, f"-Xmx{self.kafka_heap}", "-Xms256m", "-XX:+UseG1GC",
+        self._jvm = [
+            _require("java", JDK_HINT), f"-Xmx{self.kafka_heap}", "-Xms256m", "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={logs}", f"-Dlog4j2.configurationFile={LOG4J}",
             "-cp", classpath,
         ]
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            [*self._jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
             capture_output=True, text=True, check=False,
         )
         if fmt.returncode != 0:
             raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
-        out = (logs / "stdout.log").open("wb")
+        self.start_kafka()
+
+    def start_kafka(self, timeout: float | None = None) -> None:
+        """Start the (configured) broker; with ``timeout``, wait until it answers."""
+        out = (self.root / "kafka-logs" / "stdout.log").open("ab")
         self._kafka = subprocess.Popen(
-            [*jvm, "kafka.Kafka", str(props)],
+            [*self._jvm, "kafka.Kafka", str(self.root / "server.properties")],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
         (self.root / "kafka.pid").write_text(str(self._kafka.pid))
+        if timeout is not None:
+            kafka.wait_for_broker(self.bootstrap_servers, timeout)
 
     def _start_postgres(self) -> None:
         initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
