@@ -173,6 +173,9 @@ def p99_bound(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> t
         for labels, count in metrics["pudato_event_to_row_seconds_bucket"].items()
     )
     total = buckets[-1][1]
+    print("  event-to-row distribution: " + ", ".join(
+        f"<={bound * 1000:g}ms {100 * count / total:.1f}%" for bound, count in buckets
+        if count < total or bound <= 1))
     return next(bound for bound, count in buckets if count >= 0.99 * total), int(total)
 
 
@@ -224,8 +227,12 @@ def main() -> None:
     parser.add_argument("--naive-events", type=int, default=5_000)
     parser.add_argument("--rate", type=int, default=2_000)
     parser.add_argument("--live-seconds", type=int, default=30)
+    parser.add_argument("--live-only", action="store_true")
     args = parser.parse_args()
     with services() as (bootstrap, database):
+        if args.live_only:
+            live(bootstrap, database.rsplit("/", 1)[0] + "/postgres", database, args)
+            return
         admin = database.rsplit("/", 1)[0] + "/postgres"
         events = workload(args.events, steps=10, concurrent=50, duplicates=0.01)
         url = fresh(admin, database)

@@ -106,6 +106,10 @@ class Registry:
                 self._producer = kafka.make_producer(self.settings, **{
                     "client.id": "pudato-publisher",
                     "message.timeout.ms": self.settings.delivery_timeout_ms,
+                    # A broker that is down would fill the log with one line per
+                    # reconnect; the episode is reported once, by us, instead.
+                    "log_level": 2,
+                    "error_cb": self._client_error,
                 })
                 # A previous process may have left events behind.
                 self._healthy = self.spool.count() == 0
@@ -149,6 +153,12 @@ class Registry:
         self._episode(error.str())
         with self._lock:
             self._to_spool.append((*stamp, message.key(), message.value() or b""))
+
+    def _client_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            log.error("the Kafka client failed for good: %s", error.str())
+        else:
+            log.debug("Kafka client: %s", error.str())
 
     def _episode(self, why: str) -> None:
         if self._healthy:

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(5000, ge=1, description="most messages applied in one transaction")
     # Short: under light load a batch should not wait to fill (latency); under
     # heavy load batches fill long before it runs out (throughput).
-    batch_timeout_s: float = Field(0.05, gt=0, description="longest wait to fill a batch")
+    batch_timeout_s: float = Field(0.01, gt=0, description="longest wait to fill a batch")
     max_message_bytes: int = Field(MIB, ge=1, description="larger values are dead-lettered")
     metrics_port: int = Field(9108, ge=0, le=65535, description="Prometheus/health port; 0: off")
     metrics_host: str = Field("127.0.0.1", description="address the metrics server binds")
