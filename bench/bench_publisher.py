@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pudato_registry import devstack, kafka  # noqa: E402
-from pudato_registry.events import DataReference, ExecutionRecord  # noqa: E402
-from pudato_registry.publisher import Registry  # noqa: E402
-from pudato_registry.sample import workload  # noqa: E402
-from pudato_registry.settings import Settings  # noqa: E402
+from pudato_registry import devstack, kafka
+from pudato_registry.events import DataReference, ExecutionRecord
+from pudato_registry.publisher import Registry
+from pudato_registry.sample import workload
+from pudato_registry.settings import Settings
 
 
 def work(milliseconds: float) -> None:
@@ -80,7 +80,7 @@ def main() -> None:
             registry.emit(event)
             costs.append(time.perf_counter_ns() - started)
             if len(costs) % 1000 == 0:
-                registry.flush(30)  # keep the local queue from filling: measure emit, not backpressure
+                registry.flush(30)  # measure emit, not a full local queue
         costs.sort()
         print(f"emit, broker up: median {statistics.median(costs) / 1000:.1f} us, "
               f"p99 {costs[int(len(costs) * 0.99)] / 1000:.1f} us over {len(costs)} events "
