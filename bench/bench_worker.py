@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,14 +64,15 @@ def settings_for(bootstrap: str, url: str, partitions: int, **more: object) -> S
                     partitions=partitions, metrics_port=0, **more)  # type: ignore[arg-type]
 
 
-def worker(settings: Settings, *args: str) -> subprocess.Popen[bytes]:
+def worker(settings: Settings, *args: str) -> subprocess.Popen[str]:
     """`pudato-registry worker` as a child process."""
     env = {**os.environ, "PUDATO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "PUDATO_DATABASE_URL": settings.database_dsn, "PUDATO_TOPIC": settings.topic,
            "PUDATO_DLQ_TOPIC": settings.dlq_topic, "PUDATO_GROUP_ID": settings.group_id,
-           "PUDATO_METRICS_PORT": str(settings.metrics_port), "PUDATO_LOG_LEVEL": "WARNING"}
+           "PUDATO_METRICS_PORT": str(settings.metrics_port), "PUDATO_LOG_LEVEL": "INFO",
+           "PUDATO_BATCH_SIZE": str(settings.batch_size)}
     return subprocess.Popen([sys.executable, "-m", "pudato_registry.cli", "worker", *args],
-                            env=env)
+                            env=env, stderr=subprocess.PIPE, text=True)
 
 
 class PeakRss:
@@ -186,6 +188,7 @@ def live(bootstrap: str, admin: str, base: str, args: argparse.Namespace) -> Non
     settings = settings_for(bootstrap, url, args.partitions).replace(metrics_port=port)
     kafka.create_topics(settings)
     process = worker(settings)
+    threading.Thread(target=process.communicate, daemon=True).start()  # drain its log
     rss = PeakRss(process.pid)
     total = args.rate * args.live_seconds
     events = workload(total, concurrent=50, duplicates=0.0)[:total]
@@ -224,6 +227,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
     parser.add_argument("--naive-events", type=int, default=5_000)
     parser.add_argument("--rate", type=int, default=2_000)
     parser.add_argument("--live-seconds", type=int, default=30)
@@ -236,7 +240,7 @@ def main() -> None:
         admin = database.rsplit("/", 1)[0] + "/postgres"
         events = workload(args.events, steps=10, concurrent=50, duplicates=0.01)
         url = fresh(admin, database)
-        settings = settings_for(bootstrap, url, args.partitions)
+        settings = settings_for(bootstrap, url, args.partitions, batch_size=args.batch_size)
         kafka.create_topics(settings)
         produce_all(settings, [(e.correlation_id.encode(), encode(e)) for e in events])
         print(f"workload: {len(events)} events, {len({e.job_id for e in events})} jobs, "
@@ -245,11 +249,14 @@ def main() -> None:
         started = time.perf_counter()
         process = worker(settings, "--drain")
         rss = PeakRss(process.pid)
-        assert process.wait() == 0
+        log = process.communicate()[1]
+        assert process.returncode == 0, log
         seconds = time.perf_counter() - started
         worker_rate = len(events) / seconds
-        print(f"worker --drain: {seconds:.1f} s wall (start-up and group join included), "
-              f"{worker_rate:,.0f} events/s, peak RSS {rss.peak_kb / 1024:.0f} MB")
+        busy = float(re.findall(r"busy ([0-9.]+) s", log)[-1])
+        print(f"worker --drain: {seconds:.1f} s wall, start-up and group join included: "
+              f"{worker_rate:,.0f} events/s; {busy:.1f} s busy with batches: "
+              f"{len(events) / busy:,.0f} events/s; peak RSS {rss.peak_kb / 1024:.0f} MB")
 
         rows, copy_seconds = copy_baseline(url, fresh(admin, database))
         copy_rate = rows / copy_seconds

@@ -165,7 +165,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     finally:
         worker.metrics.close()
-    log.info("worker stopped: %s", worker.stats)
+    s = worker.stats
+    log.info("worker stopped: consumed %d, applied %d, duplicates %d, dead-lettered %d, "
+             "batches %d, busy %.2f s", s.consumed, s.applied, s.duplicates, s.dead_lettered,
+             s.batches, s.busy_seconds)
     return 0
 
 

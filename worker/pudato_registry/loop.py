@@ -81,6 +81,7 @@ class Stats:
     duplicates: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    busy_seconds: float = 0.0  # validating, folding, writing: the time not spent waiting
 
 
 def plan_writes(events: Sequence[Event], states: States) -> tuple[Writes, int]:
@@ -150,9 +151,10 @@ class Worker:
             while not self._stop.is_set():
                 messages = self.consumer.consume(self.settings.batch_size,
                                                  self.settings.batch_timeout_s)
+                started = time.perf_counter()
                 batch = self._collect(messages)
                 if batch.consumed or batch.rejections:
-                    self._process(batch)
+                    self._process(batch, started)
                 self._observe_lag()
                 if drain and self._assigned and self._assigned <= self._at_end:
                     log.info("drained: every assigned partition is at its end")
@@ -191,8 +193,7 @@ class Worker:
             self._consume_errors.add(error.code())
             log.warning("Kafka consumer error (retried by the client): %s", error.str())
 
-    def _process(self, batch: Batch) -> None:
-        started = time.perf_counter()
+    def _process(self, batch: Batch, started: float) -> None:
         if batch.rejections:
             self._retry("dead_letter", self._dead_letter, batch.rejections)
         new = 0
@@ -214,6 +215,7 @@ class Worker:
         s.duplicates += len(batch.events) - new
         s.dead_lettered += len(batch.rejections)
         s.batches += 1
+        s.busy_seconds += seconds
         m.consumed.inc(batch.consumed)
         m.applied.inc(new)
         m.duplicates.inc(len(batch.events) - new)
