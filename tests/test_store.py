@@ -57,6 +57,9 @@ INDEXES = {
         "pudato_job_steps_pkey": "(step_id)",
         "idx_steps_job_id": "(job_id)", "idx_steps_status": "(status)",
         "idx_steps_started_at": "(started_at)",
+        # Added by 003 for lineage queries (issue 6), beyond the spec's list.
+        "idx_steps_inputs": "(inputs jsonb_path_ops)",
+        "idx_steps_outputs": "(outputs jsonb_path_ops)",
     },
 }
 

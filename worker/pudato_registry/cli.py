@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,78 @@ def _parser() -> argparse.ArgumentParser:
                     help="where the stack keeps its files and writes `env`")
     sub.add_parser("demo", parents=[common],
                    help="the main job on local defaults: stack, worker, a sample pipeline")
+
+    _operations(sub, common)
     return parser
+
+
+def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The operator's commands: replay, dead letters, queries."""
+    replay = sub.add_parser("replay", parents=[common],
+                            help="rebuild the tables from the topic, swapping them in live")
+    mode = replay.add_mutually_exclusive_group()
+    mode.add_argument("--verify", action="store_true",
+                      help="compare the rebuild with the live tables instead of swapping")
+    mode.add_argument("--since", type=_time, metavar="TIME",
+                      help="re-apply events since TIME (ISO 8601, or 2h / 30m / 1d ago)")
+    mode.add_argument("--correlation-id", metavar="ID",
+                      help="re-apply the events of one correlation id")
+
+    dlq = sub.add_parser("dlq", help="dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", parents=[common], help="list the dead letters")
+    dlq_list.add_argument("--json", action="store_true")
+    redrive = dlq_sub.add_parser("redrive", parents=[common],
+                                 help="re-publish dead letters to the event topic, once each")
+    redrive.add_argument("--kind", help="only letters of this error kind")
+    redrive.add_argument("--since", type=_time, metavar="TIME",
+                         help="only letters dead-lettered since TIME")
+
+    jobs = sub.add_parser("jobs", help="query jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    listing = jobs_sub.add_parser("list", parents=[common], help="jobs, newest first")
+    for name in ("pipeline", "environment", "namespace", "status"):
+        listing.add_argument(f"--{name}")
+    listing.add_argument("--since", type=_time, metavar="TIME", help="created since TIME")
+    listing.add_argument("--stuck", type=_duration, metavar="DURATION",
+                         help="running longer than DURATION with no terminal event")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+    show = jobs_sub.add_parser("show", parents=[common], help="a job and its steps")
+    show.add_argument("job_id")
+    show.add_argument("--json", action="store_true")
+
+    lineage = sub.add_parser("lineage", parents=[common],
+                             help="steps that produced or consumed a location")
+    lineage.add_argument("location")
+    direction = lineage.add_mutually_exclusive_group()
+    direction.add_argument("--upstream", action="store_true", help="walk to what it came from")
+    direction.add_argument("--downstream", action="store_true", help="walk to what it fed")
+    lineage.add_argument("--depth", type=int, default=3, help="hops to walk (default 3)")
+    lineage.add_argument("--json", action="store_true")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """`90s`, `15m`, `2h`, `1.5d`."""
+    number, unit = text[:-1], text[-1:]
+    try:
+        return timedelta(seconds=float(number) * _UNITS[unit])
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r}: a number and s, m, h or d") from None
+
+
+def _time(text: str) -> datetime:
+    """An ISO 8601 time (UTC if it names no offset), or a duration ago."""
+    if text[-1:] in _UNITS and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - _duration(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: ISO 8601 time or e.g. 2h") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -126,6 +198,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _publish(args.file, args.wait, settings)
     if args.command == "dev":
         return _dev_up(args.dir, settings)
+    if args.command == "replay":
+        return _replay(args, settings)
+    if args.command == "dlq":
+        return _dlq(args, settings)
+    if args.command in ("jobs", "lineage"):
+        return _query(args, settings)
     if args.command == "demo":
         from pudato_registry.demo import run_demo  # noqa: PLC0415
 
@@ -169,6 +247,79 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     log.info("worker stopped: consumed %d, applied %d, duplicates %d, dead-lettered %d, "
              "batches %d, busy %.2f s", s.consumed, s.applied, s.duplicates, s.dead_lettered,
              s.batches, s.busy_seconds)
+    return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry import replay  # noqa: PLC0415
+    from pudato_registry.loop import FatalError  # noqa: PLC0415
+
+    try:
+        if args.since is not None or args.correlation_id is not None:
+            report = replay.reapply(settings, since=args.since,
+                                    correlation_id=args.correlation_id)
+        else:
+            report = replay.rebuild(settings, verify=args.verify)
+    except FatalError as exc:
+        log.error("replay stopped: %s", exc)
+        return 1
+    print(report.summary())
+    return 1 if args.verify and any(n for n, _ in report.differences.values()) else 0
+
+
+def _dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry import dlq  # noqa: PLC0415
+    from pudato_registry.present import as_json, table  # noqa: PLC0415
+
+    if args.dlq_command == "list":
+        rows = [{"partition": d.partition, "offset": d.offset, "kind": d.kind,
+                 "error": d.error, "source": d.source, "dead_lettered_at": d.dead_lettered_at,
+                 "preview": d.preview()} for d in dlq.read_all(settings)]
+        print(as_json(rows) if args.json else table(
+            rows, ["partition", "offset", "kind", "source", "dead_lettered_at", "error",
+                   "preview"]))
+        return 0
+    report = dlq.redrive(settings, kind=args.kind, since=args.since)
+    print(f"redrive: {report.selected} selected, {report.redriven} re-published to "
+          f"{settings.topic}, {report.already} redriven before (skipped)")
+    return 0
+
+
+def _query(args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry import queries  # noqa: PLC0415
+    from pudato_registry.present import as_json, table  # noqa: PLC0415
+
+    dsn = settings.database_dsn
+    if args.command == "lineage":
+        hops = queries.lineage(dsn, args.location, upstream=args.upstream,
+                               downstream=args.downstream, depth=args.depth)
+        rows = [{"depth": h.depth, "relation": h.relation, "location": h.location,
+                 **{k: h.step[k] for k in ("step_id", "job_id", "step_name", "status",
+                                           "completed_at")}} for h in hops]
+        print(as_json(rows) if args.json else table(
+            rows, ["depth", "relation", "location", "step_name", "status", "job_id",
+                   "step_id", "completed_at"]))
+        return 0
+    if args.jobs_command == "list":
+        found = queries.list_jobs(dsn, queries.JobFilter(
+            pipeline=args.pipeline, environment=args.environment, namespace=args.namespace,
+            status=args.status, since=args.since, stuck_for=args.stuck, limit=args.limit))
+        print(as_json(found) if args.json else table(
+            found, ["job_id", "pipeline", "environment", "namespace", "status", "created_at",
+                    "started_at", "completed_at", "error"]))
+        return 0
+    job, steps = queries.job_with_steps(dsn, args.job_id)
+    if job is None:
+        print(f"no job {args.job_id!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(as_json({"job": job, "steps": steps}))
+        return 0
+    print(table([job], ["job_id", "pipeline", "status", "created_at", "started_at",
+                        "completed_at", "error"]))
+    print()
+    print(table(steps, ["step_name", "status", "started_at", "completed_at", "duration_ms",
+                        "error"]))
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from pudato_registry import devstack, factory, kafka, queries, store
 from pudato_registry.events import DataReference, Event, ExecutionRecord
 from pudato_registry.loop import Worker
+from pudato_registry.present import table
 from pudato_registry.settings import Settings
 
 
@@ -75,17 +76,7 @@ def sample_pipeline(now: datetime) -> list[Event]:
 
 
 def _show(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    def cell(value: Any) -> str:
-        if isinstance(value, datetime):
-            return value.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
-        text = "" if value is None else str(value)
-        return text if len(text) <= 48 else text[:45] + "..."
-
-    table = [[cell(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for r in table:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    print(table(rows, columns))
 
 
 def run_demo(settings: Settings, timeout: float = 120.0) -> int:

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from pudato_registry.settings import Settings
@@ -172,3 +181,86 @@ def headers_dict(headers: Headers | Mapping[str, str | bytes | None] | None) -> 
     items = headers.items() if isinstance(headers, Mapping) else headers
     return {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "")
             for k, v in items}
+
+
+# --- reading a topic from given offsets (replay, dead letters) ---------------------------
+
+
+def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
+    metadata = consumer.list_topics(topic, timeout=timeout)
+    found = metadata.topics.get(topic)
+    if found is None or found.error is not None:
+        raise TopicMissingError(f"topic {topic!r} does not exist")
+    return sorted(found.partitions)
+
+
+class PartitionReader:
+    """Reads every partition of a topic from chosen offsets, outside any consumer group.
+
+    It keeps its position between calls of :meth:`read_until`, so a replay can
+    catch up in several rounds against ends that move.
+    """
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self._consumer = Consumer({
+            **_base(settings),
+            "group.id": f"pudato-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "max.partition.fetch.bytes": max(settings.max_message_bytes + 1024, 1024 * 1024),
+        })
+        self.positions: dict[int, int] = {}
+
+    def partitions(self, timeout: float = 10.0) -> list[int]:
+        """The topic's partition ids."""
+        return _partitions(self._consumer, self.topic, timeout)
+
+    def end_offsets(self, timeout: float = 10.0) -> dict[int, int]:
+        """Each partition's end (the offset the next message will get), asked of the broker."""
+        return {
+            p: int(self._consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                        timeout=timeout, cached=False)[1])
+            for p in self.partitions(timeout)
+        }
+
+    def offsets_at(self, when: datetime, timeout: float = 10.0) -> dict[int, int]:
+        """Each partition's first offset whose timestamp is at or after ``when``."""
+        ms = int(when.timestamp() * 1000)
+        asked = [TopicPartition(self.topic, p, ms) for p in self.partitions(timeout)]
+        ends = self.end_offsets(timeout)
+        return {tp.partition: tp.offset if tp.offset >= 0 else ends[tp.partition]
+                for tp in self._consumer.offsets_for_times(asked, timeout=timeout)}
+
+    def start(self, offsets: dict[int, int] | None = None) -> None:
+        """Begin at ``offsets`` (partition -> offset), or at the beginning of every partition."""
+        chosen = offsets if offsets is not None else dict.fromkeys(self.partitions(),
+                                                                   OFFSET_BEGINNING)
+        self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in chosen.items()])
+        self.positions = {p: max(o, 0) for p, o in chosen.items()}
+
+    def read_until(self, targets: dict[int, int], batch_size: int = 5000) -> Iterator[
+            list[Message]]:
+        """Yield batches of messages until every partition's position reaches its target."""
+        while any(self.positions.get(p, 0) < end for p, end in targets.items()):
+            batch = []
+            for message in self._consumer.consume(batch_size, 0.5):
+                error = message.error()
+                partition = cast(int, message.partition())
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        self.positions[partition] = max(self.positions.get(partition, 0),
+                                                        cast(int, message.offset()))
+                        continue
+                    if error.fatal():
+                        raise KafkaException(error)
+                    continue
+                self.positions[partition] = cast(int, message.offset()) + 1
+                batch.append(message)
+            if batch:
+                yield batch
+
+    def close(self) -> None:
+        """Leave; nothing is committed."""
+        self._consumer.close()

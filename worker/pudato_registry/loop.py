@@ -84,13 +84,22 @@ class Stats:
     busy_seconds: float = 0.0  # validating, folding, writing: the time not spent waiting
 
 
-def plan_writes(events: Sequence[Event], states: States) -> tuple[Writes, int]:
-    """Fold ``events`` into the saved ``states``: the writes, and how many events were new."""
+def plan_writes(events: Sequence[Event], states: States, *,
+                rewrite: bool = False) -> tuple[Writes, int]:
+    """Fold ``events`` into the saved ``states``: the writes, and how many events were new.
+
+    With ``rewrite``, every entity the events name gets its row written from
+    its state even if no event was new: selective replay repairs rows so.
+    """
     projection = Projection(
         jobs={job_id: JobState.load(job_id, s) for job_id, s in states.jobs.items()},
         steps={step_id: StepState.load(step_id, s) for step_id, s in states.steps.items()},
     )
     new = projection.apply_all(events)
+    if rewrite:
+        projection.changed_jobs.update(e.job_id for e in events if e.job_id in projection.jobs)
+        projection.changed_steps.update(e.step_id for e in events
+                                        if e.step_id is not None and e.step_id in projection.steps)
     writes = Writes(
         jobs=projection.job_rows(only_changed=True),
         steps=projection.step_rows(only_changed=True),
@@ -98,6 +107,48 @@ def plan_writes(events: Sequence[Event], states: States) -> tuple[Writes, int]:
         step_states=[(i, projection.steps[i].dump()) for i in sorted(projection.changed_steps)],
     )
     return writes, new
+
+
+def apply_events(store: Store, events: Sequence[Event], *, rewrite: bool = False) -> int:
+    """Fold ``events`` into the states they touch and write the result, in one transaction."""
+    job_ids = sorted({e.job_id for e in events})
+    step_ids = sorted({e.step_id for e in events if e.step_id is not None})
+    new = 0
+
+    def compute(states: States) -> Writes:
+        nonlocal new  # the last attempt's count is the one that committed
+        writes, new = plan_writes(events, states, rewrite=rewrite)
+        return writes
+
+    store.apply(job_ids, step_ids, compute)
+    return new
+
+
+def with_retries(settings: Settings, operation: str, fn: Callable[..., T], *args: Any,
+                 on_retry: Callable[[], None] = lambda: None) -> T:
+    """Run ``fn``, retrying transient failures with capped, jittered exponential backoff.
+
+    Raises :class:`FatalError` on a permanent failure, or when transient ones
+    outlast ``settings.retry_timeout_s``.
+    """
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        on_retry()
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("%s failed (attempt %d), retrying: %s", operation, state.attempt_number, exc)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_transient),
+        wait=tenacity.wait_random_exponential(multiplier=0.05, max=settings.retry_max_backoff_s),
+        stop=tenacity.stop_after_delay(settings.retry_timeout_s),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(fn, *args)
+    except Exception as exc:
+        kind = "still failing after retries" if _transient(exc) else "permanent failure"
+        raise FatalError(f"{operation}: {kind}: {exc}") from exc
 
 
 class DeliveryError(RuntimeError):
@@ -229,17 +280,7 @@ class Worker:
     # --- the two side effects ----------------------------------------------------
 
     def _apply(self, events: Sequence[Event]) -> int:
-        job_ids = sorted({e.job_id for e in events})
-        step_ids = sorted({e.step_id for e in events if e.step_id is not None})
-        new = 0
-
-        def compute(states: States) -> Writes:
-            nonlocal new
-            writes, new = plan_writes(events, states)
-            return writes
-
-        self.store.apply(job_ids, step_ids, compute)
-        return new
+        return apply_events(self.store, events)
 
     def _dead_letter(self, rejections: Sequence[tuple[Message, Rejection]]) -> None:
         failures: list[KafkaError] = []
@@ -266,26 +307,11 @@ class Worker:
             raise DeliveryError(f"dead letters not delivered: {detail}")
 
     def _retry(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
-        def before_sleep(state: tenacity.RetryCallState) -> None:
+        def on_retry() -> None:
             self.metrics.retries.labels(operation).inc()
             self.metrics.set_ready(False)
-            exc = state.outcome.exception() if state.outcome else None
-            log.warning("%s failed (attempt %d), retrying: %s", operation,
-                        state.attempt_number, exc)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(_transient),
-            wait=tenacity.wait_random_exponential(multiplier=0.05,
-                                                  max=self.settings.retry_max_backoff_s),
-            stop=tenacity.stop_after_delay(self.settings.retry_timeout_s),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
-        try:
-            return retrying(fn, *args)
-        except Exception as exc:
-            kind = "still failing after retries" if _transient(exc) else "permanent failure"
-            raise FatalError(f"{operation}: {kind}: {exc}") from exc
+        return with_retries(self.settings, operation, fn, *args, on_retry=on_retry)
 
     # --- group membership -----------------------------------------------------------
 

@@ -1,11 +1,14 @@
-"""Reads of the registry tables: whole rows as dicts, for the CLI, the demo and the tests."""
+"""Reads of the registry tables: jobs, their steps, lineage; rows as dicts."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, connect
 
@@ -40,3 +43,93 @@ def job_with_steps(dsn: str, job_id: str) -> tuple[dict[str, Any] | None, list[d
                         "WHERE job_id = %s ORDER BY started_at NULLS LAST, step_id", (job_id,))
             steps = cur.fetchall()
     return (jobs[0] if jobs else None), steps
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """What `jobs list` narrows by; None means any."""
+
+    pipeline: str | None = None
+    environment: str | None = None
+    namespace: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    stuck_for: timedelta | None = None
+    limit: int = 50
+
+
+def list_jobs(dsn: str, where: JobFilter) -> list[dict[str, Any]]:
+    """Jobs matching the filter, newest first.
+
+    ``stuck_for``: running jobs whose start is longer ago than that, with no
+    terminal event (a lost ``failed`` is the classic cause).
+    """
+    clauses, params = [], []
+    for column in ("pipeline", "environment", "namespace", "status"):
+        value = getattr(where, column)
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if where.since is not None:
+        clauses.append("created_at >= %s")
+        params.append(where.since)
+    if where.stuck_for is not None:
+        clauses.append("status = 'running' AND started_at < now() - %s")
+        params.append(where.stuck_for)
+    sql_where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    with connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM pudato_jobs {sql_where} "
+                    "ORDER BY created_at DESC, job_id LIMIT %s", (*params, where.limit))
+        return cur.fetchall()
+
+
+@dataclass(frozen=True)
+class LineageHop:
+    """A step that read (``consumed``) or wrote (``produced``) a location, ``depth`` hops away."""
+
+    depth: int
+    relation: str
+    location: str
+    step: dict[str, Any]
+
+
+_LINEAGE_COLUMNS = "step_id, job_id, step_name, status, started_at, completed_at, inputs, outputs"
+
+
+def _touching(conn: psycopg.Connection[Any], column: str, location: str) -> list[dict[str, Any]]:
+    """Steps whose inputs/outputs hold ``location``: JSONB containment, served by GIN."""
+    probe = Jsonb([{"location": location}])
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {_LINEAGE_COLUMNS} FROM pudato_job_steps WHERE {column} @> %s "
+                    "ORDER BY started_at NULLS LAST, step_id", (probe,))
+        return cur.fetchall()
+
+
+def lineage(dsn: str, location: str, *, upstream: bool = False, downstream: bool = False,
+            depth: int = 3) -> list[LineageHop]:
+    """Steps that produced or consumed ``location``; with a direction, walk ``depth`` hops."""
+    hops: list[LineageHop] = []
+    with connect(dsn) as conn:
+        if not (upstream or downstream):
+            hops += [LineageHop(1, "produced", location, s)
+                     for s in _touching(conn, "outputs", location)]
+            hops += [LineageHop(1, "consumed", location, s)
+                     for s in _touching(conn, "inputs", location)]
+            return hops
+        # Upstream: who wrote it, then who wrote what they read ... and downstream alike.
+        found, onward, relation = (("outputs", "inputs", "produced") if upstream
+                                   else ("inputs", "outputs", "consumed"))
+        frontier, seen = [location], {location}
+        for level in range(1, depth + 1):
+            following: list[str] = []
+            for here in frontier:
+                for step in _touching(conn, found, here):
+                    hops.append(LineageHop(level, relation, here, step))
+                    for ref in step[onward]:
+                        if ref["location"] not in seen:
+                            seen.add(ref["location"])
+                            following.append(ref["location"])
+            frontier = following
+            if not frontier:
+                break
+    return hops

@@ -21,11 +21,11 @@ PIPELINES = ("dept_budget", "expenditures", "payroll", "vendors", "grants")
 
 def pipeline_run(run: int, *, steps: int = 10, rng: random.Random | None = None,
                  start: datetime = START, fail_step: int | None = None,
-                 correlation_id: str | None = None) -> list[Event]:
+                 correlation_id: str | None = None, prefix: str = "job") -> list[Event]:
     """The events of one job run, in emission order; ``fail_step`` fails there and stops."""
     rng = rng or random.Random(run)
-    job_id = f"job-{run:07d}"
-    correlation = correlation_id or f"corr-{run:07d}"
+    job_id = f"{prefix}-{run:07d}"
+    correlation = correlation_id or f"corr-{prefix}-{run:07d}"
     pipeline = PIPELINES[run % len(PIPELINES)]
     clock = start
     sha = f"{rng.getrandbits(40):010x}"
@@ -81,8 +81,8 @@ def pipeline_run(run: int, *, steps: int = 10, rng: random.Random | None = None,
 
 
 def workload(events: int, *, steps: int = 10, seed: int = 7, duplicates: float = 0.0,
-             reorder_window: int = 0, concurrent: int = 20,
-             fail_rate: float = 0.05) -> list[Event]:
+             reorder_window: int = 0, concurrent: int = 20, fail_rate: float = 0.05,
+             prefix: str = "job") -> list[Event]:
     """About ``events`` events from interleaved runs, with duplicates and local reordering."""
     rng = random.Random(seed)
     runs: list[Iterator[Event]] = []
@@ -92,7 +92,7 @@ def workload(events: int, *, steps: int = 10, seed: int = 7, duplicates: float =
         while len(runs) < concurrent:
             fail = rng.randrange(steps) if rng.random() < fail_rate else None
             runs.append(iter(pipeline_run(run, steps=steps, rng=random.Random(seed * 7919 + run),
-                                          fail_step=fail)))
+                                          fail_step=fail, prefix=prefix)))
             run += 1
         pick = rng.randrange(len(runs))
         event = next(runs[pick], None)

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,13 +202,15 @@ class Store:
     dropped after any failure, so that a retry starts on a fresh one.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, *, schema: str | None = None) -> None:
         self._dsn = dsn
+        # A replay writes the same tables in its shadow schema.
+        self._options = {} if schema is None else {"options": f"-c search_path={schema}"}
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
-            conn = connect(self._dsn)
+            conn = connect(self._dsn, **self._options)
             # REPEATABLE READ: if another worker changed an entity this batch
             # read, the upsert fails with a serialization error (40001) and the
             # whole batch is retried on fresh states, instead of losing an update.
@@ -276,3 +278,91 @@ class Store:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+
+
+# --- replay: shadow tables and the swap ------------------------------------------------
+
+SHADOW_SCHEMA = "pudato_shadow"
+RETIRED_SCHEMA = "pudato_retired"
+# In the order the worker's transaction first touches them, so that the swap's
+# locks queue behind a running batch instead of deadlocking with it.
+PROJECTION_TABLES = ("pudato_job_state", "pudato_step_state", "pudato_jobs", "pudato_job_steps")
+
+
+def create_shadow(dsn: str, migrations: Sequence[Migration] | None = None) -> None:
+    """(Re)create the shadow schema with every migration applied: empty tables like the live."""
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE")
+        conn.execute(f"CREATE SCHEMA {SHADOW_SCHEMA}")
+    with connect(dsn, options=f"-c search_path={SHADOW_SCHEMA}") as conn:
+        for migration in load_migrations() if migrations is None else migrations:
+            conn.execute(migration.sql.encode())
+
+
+def drop_shadow(dsn: str) -> None:
+    """Remove the shadow schema and everything in it."""
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE")
+
+
+@contextlib.contextmanager
+def locked_live_tables(dsn: str, lock_timeout_s: float = 30.0) -> Iterator[
+        psycopg.Connection[tuple[object, ...]]]:
+    """A transaction holding every projection table exclusively (the worker waits meanwhile)."""
+    with connect(dsn) as conn, conn.transaction():
+        conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+        conn.execute(f"LOCK TABLE {', '.join(PROJECTION_TABLES)} IN ACCESS EXCLUSIVE MODE")
+        yield conn
+
+
+def swap_in_shadow(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Inside :func:`locked_live_tables`: the shadow tables become the live ones."""
+    (live,) = conn.execute("SELECT current_schema()").fetchone()  # type: ignore[misc]
+    conn.execute(f"DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE")
+    conn.execute(f"CREATE SCHEMA {RETIRED_SCHEMA}")
+    # Tables keep their indexes, constraints and their names when they move.
+    for table in PROJECTION_TABLES:
+        conn.execute(f"ALTER TABLE {live}.{table} SET SCHEMA {RETIRED_SCHEMA}")
+    for table in PROJECTION_TABLES:
+        conn.execute(f"ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA {live}")
+    conn.execute(f"DROP SCHEMA {RETIRED_SCHEMA} CASCADE")
+
+
+def differences(dsn: str, sample: int = 5) -> dict[str, tuple[int, list[str]]]:
+    """Rows that differ between the live and the shadow tables: table -> (count, some keys)."""
+    out = {}
+    with connect(dsn) as conn:
+        (live,) = conn.execute("SELECT current_schema()").fetchone()  # type: ignore[misc]
+        for table, key in (("pudato_jobs", "job_id"), ("pudato_job_steps", "step_id")):
+            rows = conn.execute(
+                f"SELECT coalesce(l.{key}, s.{key}) FROM {live}.{table} l "
+                f"FULL JOIN {SHADOW_SCHEMA}.{table} s ON l.{key} = s.{key} "
+                f"WHERE l IS DISTINCT FROM s ORDER BY 1"
+            ).fetchall()
+            out[table] = (len(rows), [str(r[0]) for r in rows[:sample]])
+    return out
+
+
+# --- dead-letter redrive bookkeeping -------------------------------------------------
+
+
+def redriven_digests(dsn: str, digests: Sequence[str]) -> set[str]:
+    """Which of these message digests were redriven before."""
+    with connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT message_sha256 FROM pudato_dlq_redriven WHERE message_sha256 = ANY(%s)",
+            (list(digests),),
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def record_redriven(dsn: str, rows: Sequence[tuple[str, str, str | None, str | None,
+                                                   str | None]]) -> None:
+    """Remember (digest, kind, source topic, partition, offset) of redriven messages."""
+    with connect(dsn) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO pudato_dlq_redriven (message_sha256, kind, source_topic,"
+            " source_partition, source_offset) VALUES (%s, %s, %s, %s::int, %s::bigint)"
+            " ON CONFLICT (message_sha256) DO NOTHING",
+            rows,
+        )

@@ -1,0 +1,46 @@
+"""Dead letters on real services: listed, redriven after a fix, and only once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pudato_registry.cli import main
+from pudato_registry.sample import workload
+from pudato_registry.settings import Settings
+from tests.helpers import drain, expected_rows, messages_of, table_rows
+from tests.services import produce, read_topic
+
+
+def _args(settings: Settings) -> list[str]:
+    return ["--bootstrap-servers", settings.bootstrap_servers, "--database-url",
+            settings.database_dsn, "--topic", settings.topic, "--dlq-topic", settings.dlq_topic]
+
+
+def test_redrive_after_a_fix_applies_each_letter_once(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    events = workload(400)
+    produce(settings, messages_of(events))
+    produce(settings, [(b"k", b"not json")])
+    # A limit too small for the bigger events: they are dead-lettered as too large.
+    drain(settings.replace(max_message_bytes=450))
+    assert main(["dlq", "list", "--json", *_args(settings)]) == 0
+    letters = json.loads(capsys.readouterr().out)
+    too_large = [d for d in letters if d["kind"] == "too_large"]
+    assert too_large
+    assert len(letters) == len(too_large) + 1
+    assert all(d["source"].startswith(settings.topic) for d in letters)
+    assert table_rows(settings.database_dsn) != expected_rows(events)
+
+    # The fix: the default limit. Redrive the too-large ones, twice.
+    for already in (0, len(too_large)):
+        assert main(["dlq", "redrive", "--kind", "too_large", *_args(settings)]) == 0
+        out = capsys.readouterr().out
+        assert f"{len(too_large) - already} re-published" in out
+        assert f"{already} redriven before" in out
+    drain(settings)
+    assert table_rows(settings.database_dsn) == expected_rows(events)
+    topic = read_topic(settings, settings.topic)
+    assert len(topic) == len(events) + 1 + len(too_large)
+    assert sum(1 for r in topic if "redriven_from" in r.headers) == len(too_large)

@@ -1,0 +1,133 @@
+"""Dead letters: list them, and re-publish (redrive) them to the event topic once they can pass.
+
+Redrive records each message it re-published in ``pudato_dlq_redriven``, by
+the SHA-256 of its key and value, after the broker acknowledged it: a second
+redrive skips it, and so does a redrive after the same message was
+dead-lettered again (it would be sent round for ever otherwise). A crash
+between the acknowledgement and the record can send a message twice; the
+worker drops the second copy by its event id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from confluent_kafka import KafkaError, KafkaException
+
+from pudato_registry import kafka, store
+from pudato_registry.settings import Settings
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message of the dead-letter topic."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+    @property
+    def kind(self) -> str:
+        """Why it was rejected (a RejectionKind value)."""
+        return self.headers.get("error.kind", "")
+
+    @property
+    def error(self) -> str:
+        """The rejection's message."""
+        return self.headers.get("error", "")
+
+    @property
+    def source(self) -> str:
+        """topic[partition]@offset it came from."""
+        h = self.headers
+        return f"{h.get('source.topic')}[{h.get('source.partition')}]@{h.get('source.offset')}"
+
+    @property
+    def dead_lettered_at(self) -> datetime | None:
+        """When the worker dead-lettered it."""
+        stamp = self.headers.get("dead_lettered_at")
+        return datetime.fromisoformat(stamp) if stamp else None
+
+    def digest(self) -> str:
+        """SHA-256 of key and value: the identity redrive records."""
+        sha = hashlib.sha256()
+        for part in (self.key, self.value):
+            sha.update(b"\x00" if part is None else b"\x01" + len(part).to_bytes(8, "big") + part)
+        return sha.hexdigest()
+
+    def preview(self, width: int = 60) -> str:
+        """The value's start, printable."""
+        if self.value is None:
+            return "(null)"
+        text = self.value[:width * 4].decode("utf-8", "replace").replace("\n", " ")
+        return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def read_all(settings: Settings) -> list[DeadLetter]:
+    """Every message of the dead-letter topic, by partition and offset."""
+    reader = kafka.PartitionReader(settings, settings.dlq_topic)
+    letters: list[DeadLetter] = []
+    try:
+        reader.start()
+        for batch in reader.read_until(reader.end_offsets()):
+            letters.extend(
+                DeadLetter(m.partition() or 0, m.offset() or 0, m.key(), m.value(),
+                           kafka.headers_dict(m.headers()))
+                for m in batch
+            )
+    finally:
+        reader.close()
+    return sorted(letters, key=lambda d: (d.partition, d.offset))
+
+
+def select(letters: Sequence[DeadLetter], *, kind: str | None = None,
+           since: datetime | None = None) -> list[DeadLetter]:
+    """The letters of one kind and/or dead-lettered since a time."""
+    return [d for d in letters
+            if (kind is None or d.kind == kind)
+            and (since is None or (d.dead_lettered_at is not None and d.dead_lettered_at >= since))]
+
+
+@dataclass(frozen=True)
+class RedriveReport:
+    """What a redrive did."""
+
+    selected: int
+    redriven: int
+    already: int
+
+
+def redrive(settings: Settings, *, kind: str | None = None,
+            since: datetime | None = None) -> RedriveReport:
+    """Re-publish the selected dead letters to the event topic, each at most once."""
+    chosen = select(read_all(settings), kind=kind, since=since)
+    done = store.redriven_digests(settings.database_dsn, [d.digest() for d in chosen])
+    todo: dict[str, DeadLetter] = {}
+    for letter in chosen:
+        if letter.digest() not in done:
+            todo.setdefault(letter.digest(), letter)
+    producer = kafka.make_producer(settings, **{"client.id": "pudato-redrive"})
+    failures: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _message: object) -> None:
+        if error is not None:
+            failures.append(error)
+
+    for letter in todo.values():
+        producer.produce(settings.topic, key=letter.key, value=letter.value,
+                         headers=[("redriven_from",
+                                   f"{settings.dlq_topic}[{letter.partition}]@{letter.offset}")],
+                         on_delivery=delivered)
+    if producer.flush(60) or failures:
+        raise KafkaException(failures[0] if failures else KafkaError(KafkaError._TIMED_OUT))
+    store.record_redriven(settings.database_dsn, [
+        (digest, d.kind, d.headers.get("source.topic"), d.headers.get("source.partition"),
+         d.headers.get("source.offset")) for digest, d in todo.items()
+    ])
+    return RedriveReport(selected=len(chosen), redriven=len(todo),
+                         already=len(chosen) - len(todo))
