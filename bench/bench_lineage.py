@@ -21,12 +21,11 @@ from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import services  # noqa: E402
-
-from pudato_registry import factory, queries, store  # noqa: E402
-from pudato_registry.events import DataReference, Event  # noqa: E402
-from pudato_registry.loop import apply_events  # noqa: E402
-from pudato_registry.sample import START  # noqa: E402
+from common import services
+from pudato_registry import factory, queries, store
+from pudato_registry.events import DataReference, Event
+from pudato_registry.loop import apply_events
+from pudato_registry.sample import START
 
 DATASETS = 250  # x 10 models = 2,500 locations
 
