@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -140,7 +140,7 @@ def settings(services: Services, database_url: str) -> Settings:
     return made
 
 
-def produce(settings: Settings, messages: list[tuple[bytes | None, bytes | None]],
+def produce(settings: Settings, messages: Sequence[tuple[bytes | None, bytes | None]],
             topic: str | None = None) -> None:
     """Produce (key, value) messages in order and wait until the broker has them all."""
     producer = Producer(kafka.producer_config(settings))

@@ -192,3 +192,50 @@ def test_missing_topic_fails_clearly(services: Services, database_url: str) -> N
     settings = settings_for(services.bootstrap_servers, database_url)
     with pytest.raises(kafka.TopicMissingError, match="topics create"):
         Worker(settings).run(drain=True)
+
+
+def test_states_changed_under_a_folded_batch_are_folded_again(settings: Settings) -> None:
+    from pudato_registry.loop import _Planned, apply_events, plan_writes  # noqa: PLC0415
+    from pudato_registry.store import States, Store  # noqa: PLC0415
+
+    events = workload(600)
+    first, second = events[:300], events[300:]
+    store = Store(settings.database_dsn)
+    apply_events(store, first)
+    # Folded ahead from states that are out of date (as if another worker wrote since).
+    stale = States(jobs={}, steps={})
+    writes, new = plan_writes(second, stale)
+    worker = Worker(settings, store=store)
+    planned = _Planned(second, sorted({e.job_id for e in second}),
+                       sorted({e.step_id for e in second if e.step_id}), stale, writes, new)
+    worker._commit(planned)
+    assert worker.refolds == 1
+    assert table_rows(settings.database_dsn) == expected_rows(events)
+    store.close()
+
+
+def test_workers_writing_the_same_entities_from_different_partitions_converge(
+        settings: Settings) -> None:
+    import random  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    events = workload(4_000, duplicates=0.05)
+    rng = random.Random(3)
+    # One job's events under many keys: they land on different partitions,
+    # so two workers write the same job and step rows at the same time.
+    keyed = [(f"k{rng.randrange(16)}".encode(), value) for _key, value in messages_of(events)]
+    produce(settings, keyed)
+    small = settings.replace(batch_size=150)
+    workers = [Worker(small), Worker(small)]
+    threads = [threading.Thread(target=w.run) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        expected = expected_rows(events)
+        wait_for(lambda: table_rows(settings.database_dsn) == expected, timeout=120,
+                 what="two workers on shared entities to converge")
+    finally:
+        for w in workers:
+            w.request_stop()
+        for t in threads:
+            t.join(timeout=60)

@@ -6,6 +6,13 @@ acknowledgement; fold the valid ones into the saved states of the entities
 they touch and write rows and states in one PostgreSQL transaction; only
 then store the consumed offsets, which the consumer commits to Kafka.
 
+Two batches overlap: while a writer thread commits batch N, the loop
+consumes, validates and folds batch N+1, taking the states of entities that
+N touches from N's result and the others from the database. The writer
+checks, inside N+1's transaction, that the states it reads are the ones the
+fold started from; if another worker changed one meanwhile, it folds again
+from what it read. Offsets of N+1 are stored only after N and N+1 committed.
+
 Where offsets live, and what a crash repeats: offsets live in Kafka only.
 Between the database commit and the Kafka commit a crash loses nothing; on
 restart the same messages are consumed again, and the fold drops every event
@@ -30,6 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -70,6 +78,18 @@ class Batch:
     rejections: list[tuple[Message, Rejection]] = field(default_factory=list)
     next_offsets: dict[Partition, int] = field(default_factory=dict)
     consumed: int = 0
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A batch folded ahead of its transaction, and the states it was folded from."""
+
+    events: list[Event]
+    job_ids: list[str]
+    step_ids: list[str]
+    base: States
+    writes: Writes
+    new: int
 
 
 @dataclass
@@ -181,6 +201,10 @@ class Worker:
         self._at_end: set[Partition] = set()
         self._lag_due = 0.0
         self._consume_errors: set[int] = set()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
+        self._inflight: tuple[Batch, Future[tuple[int, float]], float] | None = None
+        self._written = States(jobs={}, steps={})  # the states the in-flight batch writes
+        self.refolds = 0  # batches whose states changed under them (another worker)
 
     def request_stop(self) -> None:
         """Ask the loop to finish its batch, commit and return (signal handlers call this)."""
@@ -206,10 +230,15 @@ class Worker:
                 batch = self._collect(messages)
                 if batch.consumed or batch.rejections:
                     self._process(batch, started)
+                elif self._inflight is not None:
+                    self._settle()  # nothing new: acknowledge the last batch now, not later
                 self._observe_lag()
                 if drain and self._assigned and self._assigned <= self._at_end:
-                    log.info("drained: every assigned partition is at its end")
-                    break
+                    self._settle()
+                    if self._assigned <= self._at_end:
+                        log.info("drained: every assigned partition is at its end")
+                        break
+            self._settle()  # stopping: finish the batch in flight
         finally:
             self.metrics.set_ready(False)
             self._close()
@@ -247,17 +276,71 @@ class Worker:
     def _process(self, batch: Batch, started: float) -> None:
         if batch.rejections:
             self._retry("dead_letter", self._dead_letter, batch.rejections)
-        new = 0
-        if batch.events:
-            new = self._retry("apply", self._apply, batch.events)
-        committed_at = time.time()
+        if not batch.events:
+            self._settle()
+            self._acknowledge(batch, 0, time.time(), time.perf_counter() - started)
+            return
+        job_ids = sorted({e.job_id for e in batch.events})
+        step_ids = sorted({e.step_id for e in batch.events if e.step_id is not None})
+        # Fold ahead while the previous batch commits: its entities' states come
+        # from its result, the others' from the database (nothing writes them now).
+        written = self._written
+        stored = self._retry(
+            "read", self.store.read_states,
+            [i for i in job_ids if i not in written.jobs],
+            [i for i in step_ids if i not in written.steps])
+        base = States(
+            jobs={**{i: written.jobs[i] for i in job_ids if i in written.jobs}, **stored.jobs},
+            steps={**{i: written.steps[i] for i in step_ids if i in written.steps},
+                   **stored.steps},
+        )
+        writes, new = plan_writes(batch.events, base)
+        self._settle()
+        self._written = States(jobs=dict(writes.job_states), steps=dict(writes.step_states))
+        planned = _Planned(batch.events, job_ids, step_ids, base, writes, new)
+        self._inflight = (batch, self._writer.submit(self._retry, "apply", self._commit, planned),
+                          time.perf_counter() - started)
+
+    def _commit(self, planned: _Planned) -> tuple[int, float]:
+        """In the writer thread: one transaction; fold again if the states moved meanwhile."""
+        applied = planned.new
+
+        def compute(current: States) -> Writes:
+            nonlocal applied
+            if current == planned.base:
+                return planned.writes
+            self.refolds += 1
+            writes, applied = plan_writes(planned.events, current)
+            return writes
+
+        self.store.apply(planned.job_ids, planned.step_ids, compute)
+        return applied, time.time()
+
+    def _settle(self) -> None:
+        """Wait for the batch in flight to commit, then store its offsets."""
+        if self._inflight is None:
+            return
+        batch, future, seconds = self._inflight
+        self._inflight = None
+        started = time.perf_counter()
+        try:
+            new, committed_at = future.result()
+        except BaseException:
+            self._written = States(jobs={}, steps={})
+            raise
+        self._acknowledge(batch, new, committed_at, seconds + time.perf_counter() - started)
+
+    def _acknowledge(self, batch: Batch, new: int, committed_at: float, seconds: float) -> None:
         # Durable before acknowledged: only now may the offsets be committed.
-        self.consumer.store_offsets(offsets=[
-            TopicPartition(topic, partition, offset)
-            for (topic, partition), offset in batch.next_offsets.items()
-        ])
+        try:
+            self.consumer.store_offsets(offsets=[
+                TopicPartition(topic, partition, offset)
+                for (topic, partition), offset in batch.next_offsets.items()
+            ])
+        except KafkaException as exc:  # partitions lost meanwhile: their new owner re-reads
+            log.warning("offsets not stored: %s", exc)
         self._consume_errors.clear()
-        self._account(batch, new, committed_at, time.perf_counter() - started)
+        self._account(batch, new, committed_at, seconds)
 
     def _account(self, batch: Batch, new: int, committed_at: float, seconds: float) -> None:
         m, s = self.metrics, self.stats
@@ -278,9 +361,6 @@ class Worker:
         m.set_ready(True)
 
     # --- the two side effects ----------------------------------------------------
-
-    def _apply(self, events: Sequence[Event]) -> int:
-        return apply_events(self.store, events)
 
     def _dead_letter(self, rejections: Sequence[tuple[Message, Rejection]]) -> None:
         failures: list[KafkaError] = []
@@ -322,10 +402,10 @@ class Worker:
         log.info("assigned %s", sorted(p for _t, p in got))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The loop is one thread: callbacks run inside consume(), so the batch
-        # before it has already committed and stored its offsets. Commit them
-        # now, before the partitions go to another member.
-        self._commit(consumer)
+        # Callbacks run inside consume(), in the loop's thread: finish the batch
+        # in flight and commit its offsets before the partitions go elsewhere.
+        self._settle()
+        self._commit_offsets(consumer)
         lost = {(p.topic, p.partition) for p in partitions}
         self._assigned -= lost
         self._at_end -= lost
@@ -338,7 +418,7 @@ class Worker:
         log.warning("lost %s", sorted(p for _t, p in lost))
 
     @staticmethod
-    def _commit(consumer: Consumer) -> None:
+    def _commit_offsets(consumer: Consumer) -> None:
         try:
             consumer.commit(asynchronous=False)
         except KafkaException as exc:
@@ -359,7 +439,8 @@ class Worker:
         self.metrics.observe_lag(lags)
 
     def _close(self) -> None:
-        self._commit(self.consumer)
+        self._writer.shutdown(wait=True)
+        self._commit_offsets(self.consumer)
         self.consumer.close()
         self.producer.flush(10)
         self.store.close()

@@ -130,7 +130,10 @@ def migrate(dsn: str, migrations: Sequence[Migration] | None = None) -> list[Mig
 # again: the connection or the server went away, the transaction lost a race,
 # the server is short of something for now.
 _TRANSIENT_CLASSES = ("08", "40", "53", "58")
-_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "55P03", "55006"})
+# 23505: the batch COPYs rows of entities it saw no state for straight into
+# the tables; a unique violation there means another worker inserted the same
+# entity first, and a retry, reading its state, upserts instead.
+_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "55P03", "55006", "23505"})
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -169,12 +172,29 @@ def _staging(table: str, key: str, columns: Sequence[str]) -> tuple[str, str, st
     )
 
 
-_TABLES = {
-    "jobs": _staging("pudato_jobs", "job_id", JOB_COLUMNS),
-    "steps": _staging("pudato_job_steps", "step_id", STEP_COLUMNS),
-    "job_state": _staging("pudato_job_state", "job_id", ("job_id", "state")),
-    "step_state": _staging("pudato_step_state", "step_id", ("step_id", "state")),
+def _copy(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
+          rows: Sequence[Sequence[object]], columns: Sequence[str]) -> None:
+    json_at = [i for i, c in enumerate(columns) if c in _JSON_COLUMNS]
+    with cur.copy(statement) as copy:
+        for row in rows:
+            if json_at:
+                # JSON goes as text; the server parses it into JSONB.
+                values = list(row)
+                for i in json_at:
+                    values[i] = orjson.dumps(values[i]).decode()
+                copy.write_row(values)
+            else:
+                copy.write_row(row)
+
+
+# name -> (table, key column, columns)
+_TARGETS = {
+    "jobs": ("pudato_jobs", "job_id", JOB_COLUMNS),
+    "steps": ("pudato_job_steps", "step_id", STEP_COLUMNS),
+    "job_state": ("pudato_job_state", "job_id", ("job_id", "state")),
+    "step_state": ("pudato_step_state", "step_id", ("step_id", "state")),
 }
+_TABLES = {name: _staging(*target) for name, target in _TARGETS.items()}
 
 
 @dataclass(frozen=True)
@@ -195,6 +215,18 @@ class States:
     steps: dict[str, str]
 
 
+def _select_states(conn: psycopg.Connection[tuple[object, ...]], job_ids: Sequence[str],
+                   step_ids: Sequence[str]) -> States:
+    return States(
+        jobs=dict(conn.execute(  # type: ignore[arg-type]
+            "SELECT job_id, state FROM pudato_job_state WHERE job_id = ANY(%s)",
+            (list(job_ids),)).fetchall()),
+        steps=dict(conn.execute(  # type: ignore[arg-type]
+            "SELECT step_id, state FROM pudato_step_state WHERE step_id = ANY(%s)",
+            (list(step_ids),)).fetchall()),
+    )
+
+
 class Store:
     """The worker's PostgreSQL side: one connection, one transaction per batch.
 
@@ -207,6 +239,23 @@ class Store:
         # A replay writes the same tables in its shadow schema.
         self._options = {} if schema is None else {"options": f"-c search_path={schema}"}
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._reader: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def read_states(self, job_ids: Sequence[str], step_ids: Sequence[str]) -> States:
+        """The committed states of these entities, on a connection of its own.
+
+        The worker reads ahead with it while :meth:`apply` writes the previous
+        batch on the other connection, from another thread.
+        """
+        if self._reader is None or self._reader.closed:
+            self._reader = connect(self._dsn, autocommit=True, **self._options)
+        try:
+            return _select_states(self._reader, job_ids, step_ids)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._reader.close()
+            self._reader = None
+            raise
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
@@ -227,44 +276,44 @@ class Store:
         conn = self._connection()
         try:
             with conn.transaction():
-                states = States(
-                    jobs=dict(conn.execute(  # type: ignore[arg-type]
-                        "SELECT job_id, state FROM pudato_job_state WHERE job_id = ANY(%s)",
-                        (list(job_ids),)).fetchall()),
-                    steps=dict(conn.execute(  # type: ignore[arg-type]
-                        "SELECT step_id, state FROM pudato_step_state WHERE step_id = ANY(%s)",
-                        (list(step_ids),)).fetchall()),
-                )
+                states = _select_states(conn, job_ids, step_ids)
                 writes = compute(states)
                 # Jobs before steps: a step's job row must exist (foreign key).
-                self._write(conn, "jobs", writes.jobs, JOB_COLUMNS)
-                self._write(conn, "steps", writes.steps, STEP_COLUMNS)
-                self._write(conn, "job_state", writes.job_states, ("job_id", "state"))
-                self._write(conn, "step_state", writes.step_states, ("step_id", "state"))
+                self._write(conn, "jobs", writes.jobs, JOB_COLUMNS, states.jobs)
+                self._write(conn, "steps", writes.steps, STEP_COLUMNS, states.steps)
+                self._write(conn, "job_state", writes.job_states, ("job_id", "state"),
+                            states.jobs)
+                self._write(conn, "step_state", writes.step_states, ("step_id", "state"),
+                            states.steps)
         except BaseException:
-            self.close()
+            # Only this connection: the reader may be busy in another thread.
+            with contextlib.suppress(Exception):
+                conn.close()
+            self._conn = None
             raise
         return writes
 
     @staticmethod
     def _write(conn: psycopg.Connection[tuple[object, ...]], table: str,
-               rows: Sequence[Sequence[object]], columns: Sequence[str]) -> None:
+               rows: Sequence[Sequence[object]], columns: Sequence[str],
+               existing: dict[str, str]) -> None:
+        """COPY rows of new entities straight in; upsert the others through a staging table.
+
+        An entity has a row exactly when it has a saved state (both are written
+        in the same transaction), so ``existing`` (the states read) tells them apart.
+        """
         if not rows:
             return
+        target = _TARGETS[table][0]
         _create, copy_sql, upsert = _TABLES[table]
-        json_at = [i for i, c in enumerate(columns) if c in _JSON_COLUMNS]
+        fresh = [r for r in rows if r[0] not in existing]
+        known = [r for r in rows if r[0] in existing] if len(fresh) < len(rows) else []
         with conn.cursor() as cur:
-            with cur.copy(copy_sql) as copy:
-                for row in rows:
-                    if json_at:
-                        # JSON goes as text; the server parses it into JSONB.
-                        values = list(row)
-                        for i in json_at:
-                            values[i] = orjson.dumps(values[i]).decode()
-                        copy.write_row(values)
-                    else:
-                        copy.write_row(row)
-            cur.execute(upsert)
+            if fresh:
+                _copy(cur, f"COPY {target} ({', '.join(columns)}) FROM STDIN", fresh, columns)
+            if known:
+                _copy(cur, copy_sql, known, columns)
+                cur.execute(upsert)
 
     def ping(self) -> None:
         """Open the connection if needed and run a trivial query (readiness, start-up checks)."""
@@ -273,11 +322,12 @@ class Store:
         conn.rollback()
 
     def close(self) -> None:
-        """Close the connection, if open; the next call opens a new one."""
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+        """Close the connections, if open; the next call opens new ones."""
+        for conn in (self._conn, self._reader):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        self._conn = self._reader = None
 
 
 # --- replay: shadow tables and the swap ------------------------------------------------
