@@ -201,3 +201,26 @@ def test_publish_command_sends_valid_lines_and_reports_invalid_ones(
     assert f"{source}:5: not_json" in err
     assert "published 2 events" in err
     assert sorted(e.event_id for e in _topic_events(s)) == sorted(e.event_id for e in good)
+
+
+def test_one_registry_serves_many_threads(publisher_settings: Settings) -> None:
+    import threading  # noqa: PLC0415
+
+    registry = Registry(publisher_settings)
+    job_ids: list[str] = []
+
+    def run() -> None:
+        for _ in range(10):
+            job_ids.append(pipeline(registry, steps=3))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    registry.close()
+    per_job = 2 + 3 * 2 + 1
+    assert registry.stats.emitted == registry.stats.delivered == 40 * per_job
+    events = _topic_events(publisher_settings)
+    assert len({e.event_id for e in events}) == len(events) == 40 * per_job
+    assert {e.job_id for e in events} == set(job_ids)

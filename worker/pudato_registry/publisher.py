@@ -88,6 +88,7 @@ class Registry:
         self.spool = Spool(spool_dir or self.settings.spool_dir)
         self._producer: Producer | None = None
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
         self._seq = itertools.count()
         self._healthy = True
         self._to_spool: list[tuple[int, int, bytes | None, bytes]] = []
@@ -125,7 +126,8 @@ class Registry:
         value = factory.encode(event)
         key = event.correlation_id.encode()
         stamp = (time.time_ns(), next(self._seq))
-        self.stats.emitted += 1
+        with self._count_lock:
+            self.stats.emitted += 1
         if self._closed:
             self._spool_now([(*stamp, key, value)])
             return
@@ -144,7 +146,8 @@ class Registry:
     def _delivered(self, stamp: tuple[int, int], error: KafkaError | None,
                    message: Message) -> None:
         if error is None:
-            self.stats.delivered += 1
+            with self._count_lock:  # callers' flush() and our thread both serve reports
+                self.stats.delivered += 1
             return
         if not error.retriable() and error.code() not in _SPOOLABLE:
             self.stats.rejected += 1
