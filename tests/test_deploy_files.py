@@ -24,3 +24,18 @@ def test_compose_wires_the_worker_with_real_settings() -> None:
     assert services["worker"]["build"] == "."
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["pudato-registry"]' in dockerfile
+
+
+def test_the_wheel_carries_migrations_and_the_dev_stack(tmp_path: Path) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for sql in (ROOT / "schema").glob("*.sql"):
+        assert f"pudato_registry/schema/{sql.name}" in names
+    assert {"pudato_registry/py.typed", "pudato_registry/devstack/pom.xml",
+            "pudato_registry/schema/events-v1.schema.json"} <= names
