@@ -25,7 +25,8 @@ What a retry repeats: a transient failure (connection lost, server restart,
 serialization failure, deadlock, broker transport error) re-runs the whole
 step, with exponential backoff and jitter, up to ``retry_timeout_s``: a
 rolled-back transaction re-reads the states and re-folds, and dead letters
-are sent again. Consumption pauses meanwhile, since the loop is one thread.
+are sent again. Consumption pauses meanwhile: the loop folds at most one
+batch ahead of the writer, then waits for it.
 A permanent failure (missing table, retries exhausted) raises
 :class:`FatalError` with nothing stored past the last committed batch.
 """
