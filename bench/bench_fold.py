@@ -63,7 +63,7 @@ def main() -> None:
             from pudato_registry.loop import tune_gc  # noqa: PLC0415
             tune_gc()
         best = min((run(messages, args.batch) for _ in range(args.repeat)), key=sum)
-        validating, folding, rows, states = best
+        validating, folding, rows, _states = best
         n = len(messages)
         print(f"{label}: validate {n / validating:,.0f}/s; validate+fold "
               f"{n / (validating + folding):,.0f} events/s; + rows "
