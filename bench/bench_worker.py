@@ -228,6 +228,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=Settings().batch_size)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes draining together (one group)")
     parser.add_argument("--naive-events", type=int, default=5_000)
     parser.add_argument("--rate", type=int, default=2_000)
     parser.add_argument("--live-seconds", type=int, default=30)
@@ -247,16 +249,17 @@ def main() -> None:
               f"{args.partitions} partitions")
 
         started = time.perf_counter()
-        process = worker(settings, "--drain")
-        rss = PeakRss(process.pid)
-        log = process.communicate()[1]
-        assert process.returncode == 0, log
+        processes = [worker(settings, "--drain") for _ in range(args.workers)]
+        peaks = [PeakRss(p.pid) for p in processes]
+        logs = [p.communicate()[1] for p in processes]
+        assert all(p.returncode == 0 for p in processes), logs
         seconds = time.perf_counter() - started
         worker_rate = len(events) / seconds
-        busy = float(re.findall(r"busy ([0-9.]+) s", log)[-1])
-        print(f"worker --drain: {seconds:.1f} s wall, start-up and group join included: "
-              f"{worker_rate:,.0f} events/s; {busy:.1f} s busy with batches: "
-              f"{len(events) / busy:,.0f} events/s; peak RSS {rss.peak_kb / 1024:.0f} MB")
+        busy = max(float(re.findall(r"busy ([0-9.]+) s", log)[-1]) for log in logs)
+        print(f"worker --drain x{args.workers}: {seconds:.1f} s wall, start-up and group join "
+              f"included: {worker_rate:,.0f} events/s; {busy:.1f} s busy with batches: "
+              f"{len(events) / busy:,.0f} events/s; peak RSS "
+              f"{max(r.peak_kb for r in peaks) / 1024:.0f} MB")
 
         rows, copy_seconds = copy_baseline(url, fresh(admin, database))
         copy_rate = rows / copy_seconds
