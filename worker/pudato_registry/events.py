@@ -37,9 +37,6 @@ def _to_utc(value: datetime) -> datetime:
 
 Timestamp = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 
-JobStatus = Literal["pending", "running", "success", "failed", "cancelled"]
-StepStatus = Literal["pending", "running", "success", "failed", "skipped"]
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
@@ -253,12 +250,6 @@ Event: TypeAlias = Annotated[JobEvent | StepEvent, Field(discriminator="event_ty
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
-JOB_TYPES: tuple[type[BaseModel], ...] = (
-    JobSubmitted, JobStarted, JobSucceeded, JobFailed, JobCancelled,
-)
-STEP_TYPES: tuple[type[BaseModel], ...] = (
-    StepSubmitted, StepStarted, StepSucceeded, StepFailed, StepSkipped,
-)
 EVENT_TYPES: tuple[str, ...] = (
     "job.submitted", "job.started", "job.succeeded", "job.failed", "job.cancelled",
     "step.submitted", "step.started", "step.succeeded", "step.failed", "step.skipped",

@@ -229,7 +229,7 @@ class Worker:
                                                  self.settings.batch_timeout_s)
                 started = time.perf_counter()
                 batch = self._collect(messages)
-                if batch.consumed or batch.rejections:
+                if batch.consumed:
                     self._process(batch, started)
                 elif self._inflight is not None:
                     self._settle()  # nothing new: acknowledge the last batch now, not later

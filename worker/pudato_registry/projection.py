@@ -59,8 +59,6 @@ Stamp = tuple[int, str]  # (occurred_at in µs, event_id): "event order"
 
 JOB_SCALARS = ("pipeline", "logic_version", "environment", "namespace", "request",
                "parameters", "dag_run_id")
-STEP_SCALARS = ("step_name", "handler_type", "action")
-_JOB_DEFAULTS: dict[str, Any] = {"environment": "dev", "namespace": "default"}
 _FAILURE_STATUSES = frozenset({"failed", "cancelled", "skipped"})
 # Which event types' data have which fields: direct attribute access is much
 # cheaper than getattr with a default on a pydantic model.

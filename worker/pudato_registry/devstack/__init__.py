@@ -248,13 +248,9 @@ class DevStack:
         )
         if init.returncode != 0:
             raise StackError(f"initdb failed:\n{init.stdout}{init.stderr}")
-        options = (
-            f"-p {self.postgres_port} -c listen_addresses=127.0.0.1 "
-            f"-c unix_socket_directories={self._pgdata} -c max_connections=200"
-        )
         started = subprocess.run(
             [pg_ctl, "-D", str(self._pgdata), "-l", str(self._pgdata / "server.log"),
-             "-o", options, "-w", "-t", "60", "start"],
+             "-o", self._pg_options(), "-w", "-t", "60", "start"],
             capture_output=True, text=True, check=False, cwd="/", **run_as,  # type: ignore[call-overload]
         )
         if started.returncode != 0:
@@ -269,13 +265,11 @@ class DevStack:
     def restart_postgres(self) -> None:
         """Stop PostgreSQL (fast mode, dropping connections) and start it again on its port."""
         self._pg_ctl("stop", "-m", "fast")
-        self._pg_ctl("start", "-o",
-                     f"-p {self.postgres_port} -c listen_addresses=127.0.0.1 "
-                     f"-c unix_socket_directories={self._pgdata} -c max_connections=200")
+        self._pg_ctl("start", "-o", self._pg_options())
 
-    def stop_postgres(self) -> None:
-        """Stop PostgreSQL, dropping every connection, and keep its data."""
-        self._pg_ctl("stop", "-m", "fast")
+    def _pg_options(self) -> str:
+        return (f"-p {self.postgres_port} -c listen_addresses=127.0.0.1 "
+                f"-c unix_socket_directories={self._pgdata} -c max_connections=200")
 
     def _postmaster_pid(self) -> int | None:
         assert self._pgdata is not None
