@@ -30,12 +30,5 @@ def services() -> Iterator[tuple[str, str]]:
 def produce_all(settings: Settings, messages: list[tuple[bytes, bytes]]) -> None:
     """Produce every message and wait for the broker's acknowledgements."""
     producer = Producer(kafka.producer_config(settings, **{"linger.ms": 20}))
-    for key, value in messages:
-        while True:
-            try:
-                producer.produce(settings.topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(120):
-        raise RuntimeError("not every message was delivered")
+    kafka.deliver(producer, settings.topic, ((key, value, None) for key, value in messages),
+                  120.0)

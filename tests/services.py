@@ -144,22 +144,8 @@ def produce(settings: Settings, messages: Sequence[tuple[bytes | None, bytes | N
             topic: str | None = None) -> None:
     """Produce (key, value) messages in order and wait until the broker has them all."""
     producer = Producer(kafka.producer_config(settings))
-    failures: list[KafkaError] = []
-
-    def delivered(error: KafkaError | None, _message: object) -> None:
-        if error is not None:
-            failures.append(error)
-
-    for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic or settings.topic, key=key, value=value,
-                                 on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-    assert producer.flush(60) == 0, "messages not delivered"
-    assert not failures, failures
+    kafka.deliver(producer, topic or settings.topic,
+                  ((key, value, None) for key, value in messages), 60.0)
 
 
 @dataclass(frozen=True)

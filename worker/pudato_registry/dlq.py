@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import KafkaError, KafkaException
-
 from pudato_registry import kafka, store
 from pudato_registry.settings import Settings
 
@@ -112,19 +110,11 @@ def redrive(settings: Settings, *, kind: str | None = None,
         if letter.digest() not in done:
             todo.setdefault(letter.digest(), letter)
     producer = kafka.make_producer(settings, **{"client.id": "pudato-redrive"})
-    failures: list[KafkaError] = []
-
-    def delivered(error: KafkaError | None, _message: object) -> None:
-        if error is not None:
-            failures.append(error)
-
-    for letter in todo.values():
-        producer.produce(settings.topic, key=letter.key, value=letter.value,
-                         headers=[("redriven_from",
-                                   f"{settings.dlq_topic}[{letter.partition}]@{letter.offset}")],
-                         on_delivery=delivered)
-    if producer.flush(60) or failures:
-        raise KafkaException(failures[0] if failures else KafkaError(KafkaError._TIMED_OUT))
+    kafka.deliver(producer, settings.topic, (
+        (letter.key, letter.value,
+         [("redriven_from", f"{settings.dlq_topic}[{letter.partition}]@{letter.offset}")])
+        for letter in todo.values()
+    ), 60.0)
     store.record_redriven(settings.database_dsn, [
         (digest, d.kind, d.headers.get("source.topic"), d.headers.get("source.partition"),
          d.headers.get("source.offset")) for digest, d in todo.items()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -28,6 +28,46 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from pudato_registry.settings import Settings
 
 INFINITE_RETENTION = {"retention.ms": "-1"}
+
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge every message in time (transient: try again)."""
+
+
+Outgoing = tuple[bytes | None, bytes | None, Headers | None]  # key, value, headers
+
+
+def deliver(producer: Producer, topic: str, messages: Iterable[Outgoing],
+            timeout: float) -> int:
+    """Produce ``messages`` in order and wait for every acknowledgement; return the count.
+
+    A full local queue is waited out, not dropped. Raises :class:`DeliveryError`
+    if any message failed or was still unacknowledged after ``timeout`` seconds.
+    """
+    failures: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            failures.append(error)
+
+    count = 0
+    for key, value, headers in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, headers=headers,
+                                 on_delivery=delivered)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                producer.poll(0.1)
+        count += 1
+    pending = producer.flush(timeout)
+    if pending or failures:
+        detail = failures[0].str() if failures else f"{pending} not acknowledged in time"
+        raise DeliveryError(f"{topic}: not delivered: {detail}")
+    return count
 
 
 class TopicMissingError(RuntimeError):
@@ -156,9 +196,6 @@ def require_topic(settings: Settings) -> None:
             "create it with `pudato-registry topics create` or start the worker with "
             "--create-topics"
         )
-
-
-Headers = list[tuple[str, str | bytes | None]]
 
 
 def dead_letter_headers(message: Message, kind: str, error: str,

@@ -172,12 +172,8 @@ def with_retries(settings: Settings, operation: str, fn: Callable[..., T], *args
         raise FatalError(f"{operation}: {kind}: {exc}") from exc
 
 
-class DeliveryError(RuntimeError):
-    """The broker did not acknowledge every dead letter in time (transient)."""
-
-
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, DeliveryError):
+    if isinstance(exc, kafka.DeliveryError):
         return True
     if isinstance(exc, KafkaException):
         error = exc.args[0]
@@ -364,28 +360,14 @@ class Worker:
     # --- the two side effects ----------------------------------------------------
 
     def _dead_letter(self, rejections: Sequence[tuple[Message, Rejection]]) -> None:
-        failures: list[KafkaError] = []
-
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                failures.append(error)
-
+        kafka.deliver(self.producer, self.settings.dlq_topic, (
+            (message.key(), message.value(),
+             kafka.dead_letter_headers(message, rejection.kind.value, rejection.message))
+            for message, rejection in rejections
+        ), max(self.settings.retry_max_backoff_s, 10.0))
         for message, rejection in rejections:
-            headers = kafka.dead_letter_headers(message, rejection.kind.value, rejection.message)
-            while True:
-                try:
-                    self.producer.produce(self.settings.dlq_topic, key=message.key(),
-                                          value=message.value(), headers=headers,
-                                          on_delivery=delivered)
-                    break
-                except BufferError:  # local queue full: let deliveries drain
-                    self.producer.poll(0.1)
             log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic(), message.partition(),
                         message.offset(), rejection.kind.value, rejection.message)
-        pending = self.producer.flush(max(self.settings.retry_max_backoff_s, 10.0))
-        if pending or failures:
-            detail = failures[0].str() if failures else f"{pending} not acknowledged in time"
-            raise DeliveryError(f"dead letters not delivered: {detail}")
 
     def _retry(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
         def on_retry() -> None:
