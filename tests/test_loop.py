@@ -195,7 +195,12 @@ def test_missing_topic_fails_clearly(services: Services, database_url: str) -> N
 
 
 def test_states_changed_under_a_folded_batch_are_folded_again(settings: Settings) -> None:
-    from pudato_registry.loop import _Planned, apply_events, plan_writes  # noqa: PLC0415
+    from pudato_registry.loop import (  # noqa: PLC0415
+        _Planned,
+        apply_events,
+        entity_ids,
+        plan_writes,
+    )
     from pudato_registry.store import States, Store  # noqa: PLC0415
 
     events = workload(600)
@@ -206,8 +211,7 @@ def test_states_changed_under_a_folded_batch_are_folded_again(settings: Settings
     stale = States(jobs={}, steps={})
     writes, new = plan_writes(second, stale)
     worker = Worker(settings, store=store)
-    planned = _Planned(second, sorted({e.job_id for e in second}),
-                       sorted({e.step_id for e in second if e.step_id}), stale, writes, new)
+    planned = _Planned(second, *entity_ids(second), stale, writes, new)
     worker._commit(planned)
     assert worker.refolds == 1
     assert table_rows(settings.database_dsn) == expected_rows(events)

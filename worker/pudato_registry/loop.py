@@ -130,10 +130,15 @@ def plan_writes(events: Sequence[Event], states: States, *,
     return writes, new
 
 
+def entity_ids(events: Sequence[Event]) -> tuple[list[str], list[str]]:
+    """The job ids and step ids ``events`` name, sorted (the order rows are locked in)."""
+    return (sorted({e.job_id for e in events}),
+            sorted({e.step_id for e in events if e.step_id is not None}))
+
+
 def apply_events(store: Store, events: Sequence[Event], *, rewrite: bool = False) -> int:
     """Fold ``events`` into the states they touch and write the result, in one transaction."""
-    job_ids = sorted({e.job_id for e in events})
-    step_ids = sorted({e.step_id for e in events if e.step_id is not None})
+    job_ids, step_ids = entity_ids(events)
     new = 0
 
     def compute(states: States) -> Writes:
@@ -277,8 +282,7 @@ class Worker:
             self._settle()
             self._acknowledge(batch, 0, time.time(), time.perf_counter() - started)
             return
-        job_ids = sorted({e.job_id for e in batch.events})
-        step_ids = sorted({e.step_id for e in batch.events if e.step_id is not None})
+        job_ids, step_ids = entity_ids(batch.events)
         # Fold ahead while the previous batch commits: its entities' states come
         # from its result, the others' from the database (nothing writes them now).
         written = self._written

@@ -123,7 +123,6 @@ def migrate(dsn: str, migrations: Sequence[Migration] | None = None) -> list[Mig
     return applied_now
 
 
-
 # --- error classification --------------------------------------------------------
 
 # SQLSTATE classes and codes after which the same work can succeed if tried
@@ -159,16 +158,29 @@ _JSON_COLUMNS = frozenset({"request", "parameters", "metadata", "inputs", "outpu
                            "executions"})
 
 
-def _staging(table: str, key: str, columns: Sequence[str]) -> tuple[str, str, str]:
-    """(create temp table, COPY into it, upsert from it) statements for ``table``."""
+@dataclass(frozen=True)
+class _Target:
+    """One table a batch writes, and the statements it takes."""
+
+    columns: Sequence[str]
+    create_stage: str  # a temp table like it, per connection
+    copy_in: str  # COPY new entities' rows straight into the table
+    copy_stage: str  # COPY known entities' rows into the stage ...
+    upsert: str  # ... and upsert them from there
+
+
+def _target(table: str, key: str, columns: Sequence[str]) -> _Target:
     stage = f"pudato_stage_{table.removeprefix('pudato_')}"
     cols = ", ".join(columns)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
-    return (
-        f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS",
-        f"COPY {stage} ({cols}) FROM STDIN",
-        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
-        f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+    return _Target(
+        columns=columns,
+        create_stage=f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) "
+                     "ON COMMIT DELETE ROWS",
+        copy_in=f"COPY {table} ({cols}) FROM STDIN",
+        copy_stage=f"COPY {stage} ({cols}) FROM STDIN",
+        upsert=f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
+               f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
     )
 
 
@@ -187,14 +199,10 @@ def _copy(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
                 copy.write_row(row)
 
 
-# name -> (table, key column, columns)
-_TARGETS = {
-    "jobs": ("pudato_jobs", "job_id", JOB_COLUMNS),
-    "steps": ("pudato_job_steps", "step_id", STEP_COLUMNS),
-    "job_state": ("pudato_job_state", "job_id", ("job_id", "state")),
-    "step_state": ("pudato_step_state", "step_id", ("step_id", "state")),
-}
-_TABLES = {name: _staging(*target) for name, target in _TARGETS.items()}
+_JOBS = _target("pudato_jobs", "job_id", JOB_COLUMNS)
+_STEPS = _target("pudato_job_steps", "step_id", STEP_COLUMNS)
+_JOB_STATE = _target("pudato_job_state", "job_id", ("job_id", "state"))
+_STEP_STATE = _target("pudato_step_state", "step_id", ("step_id", "state"))
 
 
 @dataclass(frozen=True)
@@ -265,8 +273,8 @@ class Store:
             # whole batch is retried on fresh states, instead of losing an update.
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             with conn.transaction():
-                for create, _copy, _upsert in _TABLES.values():
-                    conn.execute(create)
+                for target in (_JOBS, _STEPS, _JOB_STATE, _STEP_STATE):
+                    conn.execute(target.create_stage)
             self._conn = conn
         return self._conn
 
@@ -279,12 +287,10 @@ class Store:
                 states = _select_states(conn, job_ids, step_ids)
                 writes = compute(states)
                 # Jobs before steps: a step's job row must exist (foreign key).
-                self._write(conn, "jobs", writes.jobs, JOB_COLUMNS, states.jobs)
-                self._write(conn, "steps", writes.steps, STEP_COLUMNS, states.steps)
-                self._write(conn, "job_state", writes.job_states, ("job_id", "state"),
-                            states.jobs)
-                self._write(conn, "step_state", writes.step_states, ("step_id", "state"),
-                            states.steps)
+                self._write(conn, _JOBS, writes.jobs, states.jobs)
+                self._write(conn, _STEPS, writes.steps, states.steps)
+                self._write(conn, _JOB_STATE, writes.job_states, states.jobs)
+                self._write(conn, _STEP_STATE, writes.step_states, states.steps)
         except BaseException:
             # Only this connection: the reader may be busy in another thread.
             with contextlib.suppress(Exception):
@@ -294,26 +300,23 @@ class Store:
         return writes
 
     @staticmethod
-    def _write(conn: psycopg.Connection[tuple[object, ...]], table: str,
-               rows: Sequence[Sequence[object]], columns: Sequence[str],
-               existing: dict[str, str]) -> None:
+    def _write(conn: psycopg.Connection[tuple[object, ...]], target: _Target,
+               rows: Sequence[Sequence[object]], existing: dict[str, str]) -> None:
         """COPY rows of new entities straight in; upsert the others through a staging table.
 
         An entity has a row exactly when it has a saved state (both are written
         in the same transaction), so ``existing`` (the states read) tells them apart.
         """
-        if not rows:
-            return
-        target = _TARGETS[table][0]
-        _create, copy_sql, upsert = _TABLES[table]
-        fresh = [r for r in rows if r[0] not in existing]
-        known = [r for r in rows if r[0] in existing] if len(fresh) < len(rows) else []
+        fresh: list[Sequence[object]] = []
+        known: list[Sequence[object]] = []
+        for row in rows:
+            (known if row[0] in existing else fresh).append(row)
         with conn.cursor() as cur:
             if fresh:
-                _copy(cur, f"COPY {target} ({', '.join(columns)}) FROM STDIN", fresh, columns)
+                _copy(cur, target.copy_in, fresh, target.columns)
             if known:
-                _copy(cur, copy_sql, known, columns)
-                cur.execute(upsert)
+                _copy(cur, target.copy_stage, known, target.columns)
+                cur.execute(target.upsert)
 
     def ping(self) -> None:
         """Open the connection if needed and run a trivial query (readiness, start-up checks)."""
