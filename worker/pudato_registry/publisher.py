@@ -207,7 +207,10 @@ class Registry:
         failed: list[KafkaError] = []
 
         def report(row_id: int, error: KafkaError | None, _message: Message) -> None:
-            (failed.append(error) if error is not None else acked.append(row_id))
+            if error is None:
+                acked.append(row_id)
+            else:
+                failed.append(error)
 
         for row_id, key, value in rows:
             try:
