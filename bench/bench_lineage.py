@@ -26,6 +26,7 @@ from pudato_registry import factory, queries, store
 from pudato_registry.events import DataReference, Event
 from pudato_registry.loop import apply_events
 from pudato_registry.sample import START
+from pudato_registry.wire import from_model
 
 DATASETS = 250  # x 10 models = 2,500 locations
 
@@ -68,7 +69,7 @@ def main() -> None:
         target = store.Store(url)
         started = time.perf_counter()
         for first in range(0, args.jobs, 200):
-            batch = [e for run in range(first, min(first + 200, args.jobs))
+            batch = [from_model(e) for run in range(first, min(first + 200, args.jobs))
                      for e in run_events(run)]
             apply_events(target, batch)
         target.close()

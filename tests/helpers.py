@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pudato_registry import queries
-from pudato_registry.events import Event
+from pydantic import BaseModel
+
+from pudato_registry import events as models
+from pudato_registry import queries, wire
 from pudato_registry.factory import encode
 from pudato_registry.loop import Worker
 from pudato_registry.projection import fold
@@ -33,14 +35,20 @@ def drain(settings: Settings) -> Worker:
     return worker
 
 
-def messages_of(events: Iterable[Event]) -> list[tuple[bytes | None, bytes | None]]:
+def messages_of(events: Iterable[models.Event]) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of each event as a publisher sends it."""
     return [(e.correlation_id.encode(), encode(e)) for e in events]
 
 
-def expected_rows(events: Iterable[Event]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def decoded(events: Iterable[models.Event | wire.Event]) -> list[wire.Event]:
+    """Events as the worker decodes them, whether built by the factory or read back."""
+    return [wire.from_model(e) if isinstance(e, BaseModel) else e for e in events]
+
+
+def expected_rows(events: Iterable[models.Event | wire.Event],
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows the pure fold gives, as the tables return them."""
-    projection = fold(events)
+    projection = fold(decoded(events))
     return ([r._asdict() for r in projection.job_rows()],
             [r._asdict() for r in projection.step_rows()])
 

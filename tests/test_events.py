@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pudato_registry import factory
+from pudato_registry import factory, wire
 from pudato_registry.cli import main
 from pudato_registry.events import DataReference, Event, ExecutionRecord, json_schema
 from pudato_registry.validate import Rejection, RejectionKind, validate
@@ -41,7 +41,7 @@ def test_every_constructor_round_trips_through_the_wire() -> None:
         factory.step_failed("j", "s", error="boom"), factory.step_skipped("j", "s"),
     ]
     for event in built:
-        assert validate(factory.encode(event)) == event
+        assert validate(factory.encode(event)) == wire.from_model(event)
         assert event.occurred_at.tzinfo is not None
     assert len({e.event_id for e in built}) == len(built)
 
@@ -79,7 +79,8 @@ def test_unknown_fields_are_ignored_and_defaults_filled() -> None:
                                            "outputs": [{"ref_type": "t", "location": "l",
                                                         "new": 1}]}))
     assert not isinstance(event, Rejection)
-    assert event.data.outputs == [{"ref_type": "t", "location": "l"}]  # type: ignore[union-attr]
+    assert event.data.outputs == [  # type: ignore[union-attr]
+        wire.DataReference(ref_type="t", location="l", format=None, metadata={})]
 
 
 def test_validate_never_raises_on_arbitrary_bytes() -> None:

@@ -15,6 +15,7 @@ from pudato_registry.settings import MIB, Settings
 from pudato_registry.validate import Rejection, validate
 from tests.helpers import (
     count_rows,
+    decoded,
     drain,
     expected_rows,
     messages_of,
@@ -203,7 +204,7 @@ def test_states_changed_under_a_folded_batch_are_folded_again(settings: Settings
     )
     from pudato_registry.store import States, Store  # noqa: PLC0415
 
-    events = workload(600)
+    events = decoded(workload(600))
     first, second = events[:300], events[300:]
     store = Store(settings.database_dsn)
     apply_events(store, first)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pudato_registry.events import Event
 from pudato_registry.projection import fold
 from pudato_registry.validate import Rejection, RejectionKind, validate
+from pudato_registry.wire import Event
 from tests.vectors import Vector, all_vectors, as_expected
 
 VECTORS = all_vectors()

@@ -8,9 +8,11 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pudato_registry import events as models
 from pudato_registry import factory
-from pudato_registry.events import DataReference, Event, ExecutionRecord
+from pudato_registry.events import DataReference, ExecutionRecord
 from pudato_registry.projection import JobState, Projection, StepState, fold
+from pudato_registry.wire import Event, from_model
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 # Few ids, few instants: collisions (ties, shared references, retries) are the point.
@@ -34,7 +36,7 @@ executions = st.lists(
 
 
 @st.composite
-def an_event(draw: st.DrawFn) -> Event:
+def an_event(draw: st.DrawFn) -> models.Event:
     """One valid event of any type, over a small world of ids, instants and values."""
     job = draw(st.sampled_from(JOBS))
     common: dict[str, Any] = {
@@ -90,7 +92,7 @@ def _distinct(events: list[Event]) -> list[Event]:
     return list(seen.values())
 
 
-pipelines = st.lists(an_event(), min_size=1, max_size=40).map(_distinct)
+pipelines = st.lists(an_event().map(from_model), min_size=1, max_size=40).map(_distinct)
 
 
 @settings(max_examples=300, deadline=None)
@@ -148,5 +150,5 @@ def test_refolding_seen_events_changes_nothing(events: list[Event]) -> None:
 def test_a_duplicate_id_is_dropped_whatever_it_holds() -> None:
     first = factory.job_failed("j", error="first", event_id="same", occurred_at=T0)
     second = factory.job_succeeded("j", event_id="same", occurred_at=T0 + timedelta(1))
-    (row,) = fold([first, second]).job_rows()
+    (row,) = fold([from_model(first), from_model(second)]).job_rows()
     assert (row.status, row.error) == ("failed", "first")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pudato_registry import kafka
+from pudato_registry import kafka, wire
 from pudato_registry.devstack import DevStack
 from pudato_registry.events import DataReference, Event, ExecutionRecord
 from pudato_registry.projection import fold
@@ -57,7 +57,7 @@ def pipeline(registry: Registry, steps: int = 3, fail_at: int | None = None) -> 
     return job.job_id
 
 
-def _topic_events(settings: Settings) -> list[Event]:
+def _topic_events(settings: Settings) -> list[wire.Event]:
     events = []
     for record in read_topic(settings, settings.topic):
         event = validate(record.value)

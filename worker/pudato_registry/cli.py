@@ -324,6 +324,7 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _publish(source: str, wait: float, settings: Settings) -> int:
+    from pudato_registry.events import EVENT_ADAPTER  # noqa: PLC0415
     from pudato_registry.publisher import Registry  # noqa: PLC0415
     from pudato_registry.validate import Rejection, validate  # noqa: PLC0415
 
@@ -335,12 +336,13 @@ def _publish(source: str, wait: float, settings: Settings) -> int:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            event = validate(line.rstrip(b"\r\n"), settings.max_message_bytes)
+            value = line.rstrip(b"\r\n")
+            event = validate(value, settings.max_message_bytes)
             if isinstance(event, Rejection):
                 invalid += 1
                 print(f"{source}:{number}: {event.kind.value}: {event.message}", file=sys.stderr)
                 continue
-            registry.emit(event)
+            registry.emit(EVENT_ADAPTER.validate_json(value))  # valid, so the models agree
             sent += 1
     registry.flush(wait)
     registry.close()

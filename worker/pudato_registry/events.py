@@ -32,7 +32,10 @@ JsonObject: TypeAlias = dict[str, Any]
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00:00-01:00 is after datetime.max in UTC
+        raise ValueError("the time is out of range in UTC (years 1 to 9999)") from None
 
 
 Timestamp = Annotated[AwareDatetime, AfterValidator(_to_utc)]
@@ -64,17 +67,6 @@ class ExecutionRecord(TypedDict):
 
     execution_type: str
     details: NotRequired[JsonObject]
-
-
-def reference_json(ref: DataReference) -> dict[str, Any]:
-    """A reference as stored: every member present, defaults filled."""
-    return {"ref_type": ref["ref_type"], "location": ref["location"],
-            "format": ref.get("format"), "metadata": ref.get("metadata", {})}
-
-
-def execution_json(record: ExecutionRecord) -> dict[str, Any]:
-    """An execution record as stored: ``details`` filled."""
-    return {"execution_type": record["execution_type"], "details": record.get("details", {})}
 
 
 # --- data of each event type -------------------------------------------------

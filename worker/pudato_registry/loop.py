@@ -46,12 +46,12 @@ import tenacity
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pudato_registry import kafka
-from pudato_registry.events import Event
 from pudato_registry.metrics import Metrics
 from pudato_registry.projection import JobState, Projection, StepState
 from pudato_registry.settings import Settings
 from pudato_registry.store import States, Store, Writes, is_transient
 from pudato_registry.validate import Rejection, validate
+from pudato_registry.wire import Event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -358,7 +358,7 @@ class Worker:
             m.dead_lettered.labels(rejection.kind.value).inc()
         m.batches.inc()
         m.batch_seconds.observe(seconds)
-        m.event_to_row.observe_many(committed_at - e.occurred_at.timestamp() for e in batch.events)
+        m.event_to_row.observe_many(committed_at - e.occurred_us / 1e6 for e in batch.events)
         m.set_ready(True)
 
     # --- the two side effects ----------------------------------------------------

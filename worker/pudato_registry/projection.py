@@ -34,24 +34,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-import orjson
+import msgspec
 
-from pudato_registry.events import (
-    INT32_MAX,
-    RANK,
-    STATUS_OF,
-    TERMINAL,
-    DataReference,
-    Event,
-    ExecutionRecord,
-    JobSubmitted,
-    StepEvent,
-    execution_json,
-    reference_json,
-)
+from pudato_registry.events import INT32_MAX, RANK, STATUS_OF, TERMINAL
+from pudato_registry.wire import DataReference, Event, ExecutionRecord, JobSubmitted, StepEvent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
+# msgspec, not orjson: JSON numbers may be integers of any size.
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+_canonical = msgspec.json.Encoder(order="sorted").encode  # keys sorted at every depth
 
 Stamp = tuple[int, str]  # (occurred_at in µs, event_id): "event order"
 # A list entry's place is [µs, event_id, index]: a list, not a tuple, since
@@ -67,13 +59,8 @@ _CARRIES_INPUTS = frozenset({"step.submitted", "step.started", "step.succeeded",
 _CARRIES_RESULT = frozenset({"step.succeeded", "step.failed"})
 
 
-def to_micros(moment: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime, exactly."""
-    return (moment - EPOCH) // _US
-
-
 def from_micros(micros: int) -> datetime:
-    """The aware UTC datetime of :func:`to_micros`'s result."""
+    """The aware UTC datetime of microseconds since the epoch."""
     return EPOCH + timedelta(microseconds=micros)
 
 
@@ -146,15 +133,15 @@ def _merge_references(merged: dict[tuple[str, str], list[Any]], stamp: Stamp,
         return
     for index, ref in enumerate(references):
         position = [stamp[0], stamp[1], index]
-        pair = (ref["ref_type"], ref["location"])
+        pair = (ref.ref_type, ref.location)
         held = merged.get(pair)
         if held is None:
-            merged[pair] = [position, position, reference_json(ref)]
+            merged[pair] = [position, position, _reference_json(ref)]
             continue
         held[0] = min(held[0], position)
         if position > held[1]:
             held[1] = position
-            held[2] = reference_json(ref)
+            held[2] = _reference_json(ref)
 
 
 def _merge_executions(merged: dict[bytes, list[Any]], stamp: Stamp,
@@ -163,12 +150,18 @@ def _merge_executions(merged: dict[bytes, list[Any]], stamp: Stamp,
     if not executions:
         return
     for index, record in enumerate(executions):
-        content = execution_json(record)
-        identity = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        content = {"execution_type": record.execution_type, "details": record.details}
+        identity = _canonical(content)
         position = [stamp[0], stamp[1], index]
         held = merged.get(identity)
         if held is None or position < held[0]:
             merged[identity] = [position, content]
+
+
+def _reference_json(ref: DataReference) -> dict[str, Any]:
+    """A reference as stored: every member present."""
+    return {"ref_type": ref.ref_type, "location": ref.location, "format": ref.format,
+            "metadata": ref.metadata}
 
 
 _FIRST = operator.itemgetter(0)
@@ -180,7 +173,7 @@ def _references_list(merged: dict[tuple[str, str], list[Any]]) -> list[dict[str,
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return _encode(value).decode()
 
 
 def _min(current: int | None, candidate: int) -> int:
@@ -284,7 +277,7 @@ class JobState(_Entity):
     @classmethod
     def load(cls, job_id: str, encoded: str) -> JobState:
         """Decode :meth:`dump`'s output."""
-        _v, seen, win, started, scalars, metadata, submitted, first = orjson.loads(encoded)
+        _v, seen, win, started, scalars, metadata, submitted, first = _decode(encoded)
         return cls(set(seen), win, started, scalars, metadata, job_id, submitted, first)
 
 
@@ -373,7 +366,7 @@ class StepState(_Entity):
     def load(cls, step_id: str, encoded: str) -> StepState:
         """Decode :meth:`dump`'s output."""
         (_v, seen, win, started, scalars, metadata, owner, inputs, outputs,
-         executions) = orjson.loads(encoded)
+         executions) = _decode(encoded)
         return cls(
             set(seen), win, started, scalars, metadata, step_id, owner,
             {(r, loc): [first, last, content] for r, loc, first, last, content in inputs},
@@ -396,7 +389,7 @@ class Projection:
 
     def apply(self, event: Event) -> bool:
         """Merge one event; False if it is a duplicate (already applied) and changed nothing."""
-        micros = to_micros(event.occurred_at)
+        micros = int(event.occurred_us)  # a plain int, as the saved states hold
         job = self.jobs.get(event.job_id)
         if job is None:
             job = self.jobs[event.job_id] = JobState(job_id=event.job_id)

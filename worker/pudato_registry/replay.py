@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pudato_registry import kafka, store
-from pudato_registry.events import Event
 from pudato_registry.loop import apply_events, with_retries
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, validate
+from pudato_registry.wire import Event
 
 log = logging.getLogger(__name__)
 _LOCK_WHEN_BEHIND = 2000  # messages: catch up outside the lock until this close

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
+import msgspec
 import psycopg
 from psycopg import sql
 
@@ -184,6 +184,10 @@ def _target(table: str, key: str, columns: Sequence[str]) -> _Target:
     )
 
 
+# msgspec, not orjson: JSON numbers may be integers of any size.
+_json_text = msgspec.json.Encoder().encode
+
+
 def _copy(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
           rows: Sequence[Sequence[object]], columns: Sequence[str]) -> None:
     json_at = [i for i, c in enumerate(columns) if c in _JSON_COLUMNS]
@@ -193,7 +197,7 @@ def _copy(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
                 # JSON goes as text; the server parses it into JSONB.
                 values = list(row)
                 for i in json_at:
-                    values[i] = orjson.dumps(values[i]).decode()
+                    values[i] = _json_text(values[i])
                 copy.write_row(values)
             else:
                 copy.write_row(row)

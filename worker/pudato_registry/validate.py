@@ -1,8 +1,11 @@
-"""Raw message bytes to a typed :class:`~pudato_registry.events.Event` or a :class:`Rejection`.
+"""Raw message bytes to a typed :class:`~pudato_registry.wire.Event` or a :class:`Rejection`.
 
 Pure and total: :func:`validate` never raises, whatever the bytes. The fast
-path is one pydantic pass straight from the bytes; only a message that fails
-it is parsed again to say precisely why (kind + message naming the field).
+path is one compiled msgspec pass straight from the bytes (:mod:`.wire`). A
+message it refuses goes to the pydantic models (:mod:`.events`), which are
+the contract: they either accept it after all (a form the fast path leaves to
+them, such as a timestamp with a space for ``T``) or say precisely why not
+(kind + message naming the field).
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import orjson
+import msgspec
 from pydantic import ValidationError
 
-from pudato_registry.events import EVENT_ADAPTER, EVENT_TYPES, SCHEMA_VERSION, Event
+from pudato_registry import wire
+from pudato_registry.events import EVENT_ADAPTER, EVENT_TYPES, SCHEMA_VERSION
 from pudato_registry.settings import MIB
 
 
@@ -43,7 +47,7 @@ class Rejection:
     message: str
 
 
-def validate(value: bytes | None, max_bytes: int = MIB) -> Event | Rejection:
+def validate(value: bytes | None, max_bytes: int = MIB) -> wire.Event | Rejection:
     """Turn one message value into an event, or say why it is not one. Never raises."""
     if value is None:
         return Rejection(RejectionKind.TOMBSTONE, "a null value (tombstone) is not an event")
@@ -52,14 +56,17 @@ def validate(value: bytes | None, max_bytes: int = MIB) -> Event | Rejection:
             RejectionKind.TOO_LARGE, f"value is {len(value)} bytes, over the limit of {max_bytes}"
         )
     try:
-        event = EVENT_ADAPTER.validate_json(value)
-    except ValidationError:
-        return _explain(value)
-    except Exception as exc:
-        return Rejection(RejectionKind.INVALID_FIELD, f"unexpected validation failure: {exc!r}")
+        event = wire.decode(value)
+    except Exception:  # whatever the fast path refuses or trips on, the models decide
+        try:
+            event = wire.from_model(EVENT_ADAPTER.validate_json(value))
+        except ValidationError:
+            return _explain(value)
+        except Exception as exc:
+            return Rejection(RejectionKind.INVALID_FIELD, f"unexpected validation failure: {exc!r}")
     # PostgreSQL can store no U+0000 in TEXT or JSONB; JSON can only carry it
     # escaped, so a cheap look at the bytes rules it out for nearly every event.
-    if b"\\u0000" in value and _has_nul(orjson.loads(value)):
+    if b"\\u0000" in value and _has_nul(msgspec.json.decode(value)):
         return Rejection(
             RejectionKind.NUL_CHARACTER, "a string holds U+0000, which PostgreSQL cannot store"
         )
@@ -84,8 +91,8 @@ def _explain(value: bytes) -> Rejection:
         return Rejection(RejectionKind.NOT_UTF8, f"value is not UTF-8: {exc.reason} at byte "
                                                  f"{exc.start}")
     try:
-        parsed = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
+        parsed = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
         return Rejection(RejectionKind.NOT_JSON, f"value is not JSON: {exc}")
     if not isinstance(parsed, dict):
         return Rejection(
@@ -107,7 +114,7 @@ def _explain(value: bytes) -> Rejection:
             f"event_type {parsed['event_type']!r} is not one of {', '.join(EVENT_TYPES)}",
         )
     if "data" not in parsed:  # absent means {}: name the data field that is then missing
-        value = orjson.dumps({**parsed, "data": {}})
+        value = msgspec.json.encode({**parsed, "data": {}})
     try:
         EVENT_ADAPTER.validate_json(value)
     except ValidationError as exc:

@@ -1,0 +1,249 @@
+"""The v1 events as the worker decodes them: compiled msgspec structs, mirroring ``events``.
+
+:mod:`pudato_registry.events` is the contract: pydantic models that build
+events, generate the JSON Schema and explain why a message is invalid. This
+module decodes the same contract about seven times faster, which is what lets
+one core validate and fold 100,000 events a second. It accepts a *subset* of
+what the models accept, with the same values (a differential test checks
+both): whatever it refuses goes to the models, which either accept the
+message (then it is converted, :func:`from_model`) or say why not.
+
+Where the two libraries differ, this side is narrower: ``occurred_at`` must
+be in the canonical form ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|±HH:MM)`` here
+(pydantic also takes a space or lower-case separators, missing seconds, more
+than six fraction digits, which it truncates), and ``NaN``/``Infinity`` are
+not JSON here. The decoded time is kept as integer microseconds since the
+epoch (``occurred_us``): exact, and what the fold compares.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, ClassVar, TypeAlias, get_args
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from pudato_registry import events
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+Id = Annotated[str, Meta(min_length=1, max_length=200)]
+JsonObject: TypeAlias = dict[str, Any]
+
+
+class Instant(int):
+    """Microseconds since the epoch, decoded from an RFC 3339 ``occurred_at``."""
+
+
+_FIRST_US = (datetime.min.replace(tzinfo=UTC) - EPOCH) // _US
+_LAST_US = (datetime.max.replace(tzinfo=UTC) - EPOCH) // _US
+_CANONICAL = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)").fullmatch
+
+
+def _decode_hook(kind: type, value: Any) -> Any:
+    if kind is Instant:
+        # The pattern keeps out every form where datetime.fromisoformat and
+        # pydantic could disagree; those take the models' path instead.
+        if type(value) is not str or not _CANONICAL(value):
+            raise ValueError("not a canonical RFC 3339 timestamp")
+        micros = (datetime.fromisoformat(value) - EPOCH) // _US
+        if not _FIRST_US <= micros <= _LAST_US:
+            raise ValueError("the time is out of range in UTC (years 1 to 9999)")
+        return Instant(micros)
+    raise NotImplementedError(kind)
+
+
+# gc=False: decoded events hold no cycles, so the collector need not track them.
+class DataReference(Struct, frozen=True, gc=False):
+    """A dataset a step read or wrote, identified by (``ref_type``, ``location``)."""
+
+    ref_type: str
+    location: str
+    format: str | None = None
+    metadata: JsonObject = {}
+
+
+class ExecutionRecord(Struct, frozen=True, gc=False):
+    """What a step executed."""
+
+    execution_type: str
+    details: JsonObject = {}
+
+
+class _Data(Struct, frozen=True, kw_only=True, gc=False):
+    metadata: JsonObject | None = None
+
+
+class JobSubmittedData(_Data, frozen=True, kw_only=True, gc=False):
+    """``job.submitted`` data."""
+
+    pipeline: str
+    logic_version: str
+    environment: str | None = None
+    namespace: str | None = None
+    request: JsonObject | None = None
+    parameters: JsonObject | None = None
+    dag_run_id: str | None = None
+
+
+class JobData(_Data, frozen=True, kw_only=True, gc=False):
+    """``job.started`` / ``job.succeeded`` data."""
+
+
+class JobFailedData(_Data, frozen=True, kw_only=True, gc=False):
+    """``job.failed`` data."""
+
+    error: str
+
+
+class JobCancelledData(_Data, frozen=True, kw_only=True, gc=False):
+    """``job.cancelled`` data."""
+
+    error: str | None = None
+
+
+class _StepIdentity(_Data, frozen=True, kw_only=True, gc=False):
+    step_name: str | None = None
+    handler_type: str | None = None
+    action: str | None = None
+
+
+class StepStartData(_StepIdentity, frozen=True, kw_only=True, gc=False):
+    """``step.submitted`` / ``step.started`` data."""
+
+    step_name: str
+    handler_type: str
+    action: str
+    inputs: list[DataReference] | None = None
+
+
+class _StepResult(_StepIdentity, frozen=True, kw_only=True, gc=False):
+    inputs: list[DataReference] | None = None
+    outputs: list[DataReference] | None = None
+    executions: list[ExecutionRecord] | None = None
+    duration_ms: Annotated[int, Meta(ge=0, le=events.INT32_MAX)] | None = None
+
+
+class StepSucceededData(_StepResult, frozen=True, kw_only=True, gc=False):
+    """``step.succeeded`` data."""
+
+
+class StepFailedData(_StepResult, frozen=True, kw_only=True, gc=False):
+    """``step.failed`` data."""
+
+    error: str
+
+
+class StepSkippedData(_StepIdentity, frozen=True, kw_only=True, gc=False):
+    """``step.skipped`` data."""
+
+    error: str | None = None
+
+
+def _event_type(class_name: str) -> str:
+    """``StepSucceeded`` -> ``step.succeeded``: each event class's tag."""
+    return ".".join(word.lower() for word in re.findall(r"[A-Z][a-z]*", class_name))
+
+
+class _Envelope(Struct, frozen=True, kw_only=True, gc=False, tag_field="event_type",
+                tag=_event_type):
+    event_type: ClassVar[str]
+    schema_version: Annotated[int, Meta(ge=events.SCHEMA_VERSION, le=events.SCHEMA_VERSION)]
+    event_id: Id
+    occurred_us: Instant = field(name="occurred_at")
+    correlation_id: Id
+    job_id: Id
+
+
+class _JobEnvelope(_Envelope, frozen=True, kw_only=True, gc=False):
+    step_id: None = None
+
+
+class _StepEnvelope(_Envelope, frozen=True, kw_only=True, gc=False):
+    step_id: Id
+
+
+class JobSubmitted(_JobEnvelope, frozen=True, kw_only=True, gc=False):
+    """A job was submitted."""
+
+    data: JobSubmittedData
+
+
+class JobStarted(_JobEnvelope, frozen=True, kw_only=True, gc=False):
+    """A job started."""
+
+    data: JobData = JobData()
+
+
+class JobSucceeded(_JobEnvelope, frozen=True, kw_only=True, gc=False):
+    """A job succeeded."""
+
+    data: JobData = JobData()
+
+
+class JobFailed(_JobEnvelope, frozen=True, kw_only=True, gc=False):
+    """A job failed."""
+
+    data: JobFailedData
+
+
+class JobCancelled(_JobEnvelope, frozen=True, kw_only=True, gc=False):
+    """A job was cancelled."""
+
+    data: JobCancelledData = JobCancelledData()
+
+
+class StepSubmitted(_StepEnvelope, frozen=True, kw_only=True, gc=False):
+    """A step was submitted."""
+
+    data: StepStartData
+
+
+class StepStarted(_StepEnvelope, frozen=True, kw_only=True, gc=False):
+    """A step started."""
+
+    data: StepStartData
+
+
+class StepSucceeded(_StepEnvelope, frozen=True, kw_only=True, gc=False):
+    """A step succeeded."""
+
+    data: StepSucceededData = StepSucceededData()
+
+
+class StepFailed(_StepEnvelope, frozen=True, kw_only=True, gc=False):
+    """A step failed."""
+
+    data: StepFailedData
+
+
+class StepSkipped(_StepEnvelope, frozen=True, kw_only=True, gc=False):
+    """A step was skipped."""
+
+    data: StepSkippedData = StepSkippedData()
+
+
+JobEvent: TypeAlias = JobSubmitted | JobStarted | JobSucceeded | JobFailed | JobCancelled
+StepEvent: TypeAlias = StepSubmitted | StepStarted | StepSucceeded | StepFailed | StepSkipped
+Event: TypeAlias = JobEvent | StepEvent
+
+for _kind in get_args(Event):
+    _kind.event_type = _kind.__struct_config__.tag  # a class attribute: cheap to read
+
+_DECODER: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event, dec_hook=_decode_hook)
+
+
+def decode(value: bytes) -> Event:
+    """Decode and validate one message value; raises :class:`msgspec.ValidationError`,
+    :class:`msgspec.DecodeError`, or returns the event."""
+    return _DECODER.decode(value)
+
+
+def from_model(event: events.Event) -> Event:
+    """The decoded form of an event the models built or accepted."""
+    # The models serialise occurred_at in the canonical form, in UTC.
+    return _DECODER.decode(events.EVENT_ADAPTER.dump_json(event))
