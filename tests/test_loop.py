@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import signal
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from pudato_registry import kafka
+from pudato_registry import factory, kafka
 from pudato_registry.devstack import DevStack
+from pudato_registry.events import DataReference
 from pudato_registry.loop import FatalError, Worker
 from pudato_registry.sample import workload
 from pudato_registry.settings import MIB, Settings
@@ -84,6 +86,28 @@ def test_generated_workload_equals_the_pure_fold(settings: Settings) -> None:
     assert table_rows(settings.database_dsn) == expected_rows(events)
     assert worker.stats.applied == len({e.event_id for e in events})
     assert worker.stats.batches > 10
+
+
+def test_numbers_of_any_size_and_other_timestamp_forms_are_stored(settings: Settings) -> None:
+    big = 2**70
+    events = [
+        factory.job_submitted("j", pipeline="p", logic_version="v",
+                              parameters={"seed": big, "ratio": 0.25}, metadata={"n": -big}),
+        factory.step_succeeded("j", "s", outputs=[DataReference(
+            ref_type="table", location="t", metadata={"rows": big})]),
+    ]
+    messages = messages_of(events)
+    # A space for the T, and nine fraction digits: the models' path (truncated to µs).
+    messages.append((b"c", b'{"schema_version": 1, "event_id": "x", "event_type": "job.started",'
+                           b' "occurred_at": "2026-11-01 12:00:00.123456789+02:00",'
+                           b' "correlation_id": "c", "job_id": "j"}'))
+    produce(settings, messages)
+    worker = drain(settings)
+    assert worker.stats.applied == 3
+    (job,), (step,) = table_rows(settings.database_dsn)
+    assert (job["parameters"], job["metadata"]) == ({"seed": big, "ratio": 0.25}, {"n": -big})
+    assert step["outputs"][0]["metadata"] == {"rows": big}
+    assert job["started_at"] == datetime(2026, 11, 1, 10, 0, 0, 123456, tzinfo=UTC)
 
 
 def test_replaying_the_topic_changes_nothing(settings: Settings) -> None:

@@ -52,11 +52,25 @@ Stamp = tuple[int, str]  # (occurred_at in µs, event_id): "event order"
 JOB_SCALARS = ("pipeline", "logic_version", "environment", "namespace", "request",
                "parameters", "dag_run_id")
 _FAILURE_STATUSES = frozenset({"failed", "cancelled", "skipped"})
-# Which event types' data have which fields: direct attribute access is much
-# cheaper than getattr with a default on a pydantic model.
-_CARRIES_ERROR = frozenset({"job.failed", "job.cancelled", "step.failed", "step.skipped"})
-_CARRIES_INPUTS = frozenset({"step.submitted", "step.started", "step.succeeded", "step.failed"})
-_CARRIES_RESULT = frozenset({"step.succeeded", "step.failed"})
+
+
+class _Kind(NamedTuple):
+    """What the fold needs to know of an event type, found with one lookup."""
+
+    status: str
+    rank: int
+    error: bool  # its data has ``error``
+    inputs: bool  # its data has ``inputs``
+    result: bool  # its data has ``outputs``, ``executions`` and ``duration_ms``
+
+
+_KINDS = {
+    kind: _Kind(STATUS_OF[kind], RANK[STATUS_OF[kind]],
+                kind in ("job.failed", "job.cancelled", "step.failed", "step.skipped"),
+                kind in ("step.submitted", "step.started", "step.succeeded", "step.failed"),
+                kind in ("step.succeeded", "step.failed"))
+    for kind in STATUS_OF
+}
 
 
 def from_micros(micros: int) -> datetime:
@@ -192,16 +206,17 @@ class _Entity:
     scalars: dict[str, list[Any]] = field(default_factory=dict)
     metadata: dict[str, list[Any]] = field(default_factory=dict)
 
-    def _take(self, event: Event, stamp: Stamp, duration_ms: int | None = None) -> None:
-        status = STATUS_OF[event.event_type]
-        rank = RANK[status]
+    def _take(self, event: Event, kind: _Kind, stamp: Stamp,
+              duration_ms: int | None = None) -> None:
+        """Rules 1-4 and 7: the winning event, ``started_at``, metadata."""
         win = self.win
-        if win is None or (win[0], win[1], win[2]) < (rank, stamp[0], stamp[1]):
-            error = event.data.error if event.event_type in _CARRIES_ERROR else None  # type: ignore[union-attr]
-            self.win = [rank, stamp[0], stamp[1], status, error, duration_ms]
-        if rank == 1:
-            self.started_at = _min(self.started_at, stamp[0])
-        _merge_metadata(self.metadata, stamp, event.data.metadata)
+        if win is None or (win[0], win[1], win[2]) < (kind.rank, *stamp):
+            error = event.data.error if kind.error else None  # type: ignore[union-attr]
+            self.win = [kind.rank, stamp[0], stamp[1], kind.status, error, duration_ms]
+        if kind.rank == 1 and (self.started_at is None or stamp[0] < self.started_at):
+            self.started_at = stamp[0]
+        if event.data.metadata:
+            _merge_metadata(self.metadata, stamp, event.data.metadata)
 
     def _status(self) -> tuple[str, int | None, str | None]:
         """(status, completed_at in µs, error) from the winning event (rules 1, 3, 4)."""
@@ -234,17 +249,17 @@ class JobState(_Entity):
             return False
         self.seen.add(event.event_id)
         stamp = (micros, event.event_id)
-        self._take(event, stamp)
-        self.first_seen_at = _min(self.first_seen_at, stamp[0])
+        self._take(event, _KINDS[event.event_type], stamp)
+        self.named_at(micros)
         if isinstance(event, JobSubmitted):
-            self.submitted_at = _min(self.submitted_at, stamp[0])
+            self.submitted_at = _min(self.submitted_at, micros)
             data = event.data
             for name in JOB_SCALARS:
                 _merge_scalar(self.scalars, name, stamp, getattr(data, name))
         return True
 
-    def note_step_event(self, occurred_micros: int) -> None:
-        """A step event names this job: it counts for ``created_at`` (rule 10)."""
+    def named_at(self, occurred_micros: int) -> None:
+        """An event naming this job occurred then: it counts for ``created_at`` (rule 10)."""
         self.first_seen_at = _min(self.first_seen_at, occurred_micros)
 
     def row(self) -> JobRow:
@@ -299,20 +314,25 @@ class StepState(_Entity):
         self.seen.add(event.event_id)
         stamp = (micros, event.event_id)
         data = event.data
-        kind = event.event_type
-        result = kind in _CARRIES_RESULT
-        self._take(event, stamp, data.duration_ms if result else None)  # type: ignore[union-attr]
-        if self.owner is None or (self.owner[0], self.owner[1]) < stamp:
-            self.owner = [stamp[0], stamp[1], event.job_id, event.correlation_id]
-        scalars = self.scalars
-        _merge_scalar(scalars, "step_name", stamp, data.step_name)
-        _merge_scalar(scalars, "handler_type", stamp, data.handler_type)
-        _merge_scalar(scalars, "action", stamp, data.action)
-        if kind in _CARRIES_INPUTS:
+        kind = _KINDS[event.event_type]
+        self._take(event, kind, stamp, data.duration_ms if kind.result else None)  # type: ignore[union-attr]
+        owner = self.owner
+        if owner is None or (owner[0], owner[1]) < stamp:
+            self.owner = [micros, event.event_id, event.job_id, event.correlation_id]
+        # The None checks only save calls: _merge_scalar ignores None too.
+        if data.step_name is not None:
+            _merge_scalar(self.scalars, "step_name", stamp, data.step_name)
+        if data.handler_type is not None:
+            _merge_scalar(self.scalars, "handler_type", stamp, data.handler_type)
+        if data.action is not None:
+            _merge_scalar(self.scalars, "action", stamp, data.action)
+        if kind.inputs and data.inputs:  # type: ignore[union-attr]
             _merge_references(self.inputs, stamp, data.inputs)  # type: ignore[union-attr]
-        if result:
-            _merge_references(self.outputs, stamp, data.outputs)  # type: ignore[union-attr]
-            _merge_executions(self.executions, stamp, data.executions)  # type: ignore[union-attr]
+        if kind.result:
+            if data.outputs:  # type: ignore[union-attr]
+                _merge_references(self.outputs, stamp, data.outputs)  # type: ignore[union-attr]
+            if data.executions:  # type: ignore[union-attr]
+                _merge_executions(self.executions, stamp, data.executions)  # type: ignore[union-attr]
         return True
 
     @property
@@ -405,7 +425,7 @@ class Projection:
             if job.first_seen_at is None:  # created just now for a duplicate: forget it
                 del self.jobs[event.job_id]
             return False
-        job.note_step_event(micros)
+        job.named_at(micros)
         self.changed_jobs.add(event.job_id)
         self.changed_steps.add(event.step_id)
         return True

@@ -184,8 +184,12 @@ def _target(table: str, key: str, columns: Sequence[str]) -> _Target:
     )
 
 
-# msgspec, not orjson: JSON numbers may be integers of any size.
-_json_text = msgspec.json.Encoder().encode
+_json_encoder = msgspec.json.Encoder()
+
+
+def _json_text(value: object) -> str:
+    """JSON as text, which the server parses into JSONB (msgspec: integers of any size)."""
+    return _json_encoder.encode(value).decode()
 
 
 def _copy(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
@@ -194,7 +198,6 @@ def _copy(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
     with cur.copy(statement) as copy:
         for row in rows:
             if json_at:
-                # JSON goes as text; the server parses it into JSONB.
                 values = list(row)
                 for i in json_at:
                     values[i] = _json_text(values[i])
