@@ -10,7 +10,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pudato_registry import factory, kafka
 from pudato_registry.devstack import DevStack
-from pudato_registry.events import DataReference
+from pudato_registry.events import DataReference, Event
 from pudato_registry.loop import FatalError, Worker
 from pudato_registry.sample import workload
 from pudato_registry.settings import MIB, Settings
@@ -90,7 +90,7 @@ def test_generated_workload_equals_the_pure_fold(settings: Settings) -> None:
 
 def test_numbers_of_any_size_and_other_timestamp_forms_are_stored(settings: Settings) -> None:
     big = 2**70
-    events = [
+    events: list[Event] = [
         factory.job_submitted("j", pipeline="p", logic_version="v",
                               parameters={"seed": big, "ratio": 0.25}, metadata={"n": -big}),
         factory.step_succeeded("j", "s", outputs=[DataReference(
