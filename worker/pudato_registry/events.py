@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, NotRequired, TypeAlias
 
+import msgspec
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -20,8 +21,11 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     with_config,
 )
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 SCHEMA_VERSION = 1
@@ -31,6 +35,30 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 JsonObject: TypeAlias = dict[str, Any]
 
 
+_AWARE_DATETIME = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+def _rfc3339(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """An RFC 3339 string, as the worker's compiled decoder (msgspec) reads it; or a datetime.
+
+    pydantic's own parser would also take a Unix time in a string, a date
+    alone, or no seconds, and truncates fraction digits beyond the sixth where
+    msgspec (and PostgreSQL) rounds: one parser keeps the two decoders equal.
+    """
+    if not isinstance(value, str):
+        return handler(value)  # a datetime built in Python; strict: nothing else
+    try:
+        return msgspec.convert(value, _AWARE_DATETIME)
+    except msgspec.ValidationError:
+        pass
+    try:
+        msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        raise PydanticCustomError("datetime_parsing", "Input should be an RFC 3339 "
+                                  "timestamp such as 2026-11-01T12:00:00Z") from None
+    raise PydanticCustomError("timezone_aware", "Input should have timezone info")
+
+
 def _to_utc(value: datetime) -> datetime:
     try:
         return value.astimezone(UTC)
@@ -38,7 +66,7 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError("the time is out of range in UTC (years 1 to 9999)") from None
 
 
-Timestamp = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+Timestamp = Annotated[AwareDatetime, WrapValidator(_rfc3339), AfterValidator(_to_utc)]
 
 
 class _Strict(BaseModel):

@@ -358,7 +358,7 @@ class Worker:
             m.dead_lettered.labels(rejection.kind.value).inc()
         m.batches.inc()
         m.batch_seconds.observe(seconds)
-        m.event_to_row.observe_many(committed_at - e.occurred_us / 1e6 for e in batch.events)
+        m.event_to_row.observe_many(committed_at - e.occurred_at.timestamp() for e in batch.events)
         m.set_ready(True)
 
     # --- the two side effects ----------------------------------------------------

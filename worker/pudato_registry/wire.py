@@ -8,53 +8,28 @@ what the models accept, with the same values (a differential test checks
 both): whatever it refuses goes to the models, which either accept the
 message (then it is converted, :func:`from_model`) or say why not.
 
-Where the two libraries differ, this side is narrower: ``occurred_at`` must
-be in the canonical form ``YYYY-MM-DDTHH:MM:SS[.ffffff](Z|±HH:MM)`` here
-(pydantic also takes a space or lower-case separators, missing seconds, more
-than six fraction digits, which it truncates), and ``NaN``/``Infinity`` are
-not JSON here. The decoded time is kept as integer microseconds since the
-epoch (``occurred_us``): exact, and what the fold compares.
+Where the two libraries differ, this side is narrower: pydantic also reads
+timestamps without seconds or with a decimal comma, and ``NaN``/``Infinity``
+in JSON. Where both read a timestamp, the models take this side's value
+(more than six fraction digits round to the microsecond, as in PostgreSQL).
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, TypeAlias, get_args
 
 import msgspec
-from msgspec import Meta, Struct, field
+from msgspec import Meta, Struct
 
 from pudato_registry import events
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 Id = Annotated[str, Meta(min_length=1, max_length=200)]
 JsonObject: TypeAlias = dict[str, Any]
 
 
-class Instant(int):
-    """Microseconds since the epoch, decoded from an RFC 3339 ``occurred_at``."""
-
-
-_FIRST_US = (datetime.min.replace(tzinfo=UTC) - EPOCH) // _US
-_LAST_US = (datetime.max.replace(tzinfo=UTC) - EPOCH) // _US
-_CANONICAL = re.compile(
-    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:Z|[+-]\d\d:\d\d)").fullmatch
-
-
-def _decode_hook(kind: type, value: Any) -> Any:
-    if kind is Instant:
-        # The pattern keeps out every form where datetime.fromisoformat and
-        # pydantic could disagree; those take the models' path instead.
-        if type(value) is not str or not _CANONICAL(value):
-            raise ValueError("not a canonical RFC 3339 timestamp")
-        micros = (datetime.fromisoformat(value) - EPOCH) // _US
-        if not _FIRST_US <= micros <= _LAST_US:
-            raise ValueError("the time is out of range in UTC (years 1 to 9999)")
-        return Instant(micros)
-    raise NotImplementedError(kind)
+Timestamp = Annotated[datetime, Meta(tz=True)]  # RFC 3339 with an offset, or invalid
 
 
 # gc=False: decoded events hold no cycles, so the collector need not track them.
@@ -154,7 +129,7 @@ class _Envelope(Struct, frozen=True, kw_only=True, gc=False, tag_field="event_ty
     event_type: ClassVar[str]
     schema_version: Annotated[int, Meta(ge=events.SCHEMA_VERSION, le=events.SCHEMA_VERSION)]
     event_id: Id
-    occurred_us: Instant = field(name="occurred_at")
+    occurred_at: Timestamp
     correlation_id: Id
     job_id: Id
 
@@ -234,16 +209,17 @@ Event: TypeAlias = JobEvent | StepEvent
 for _kind in get_args(Event):
     _kind.event_type = _kind.__struct_config__.tag  # a class attribute: cheap to read
 
-_DECODER: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event, dec_hook=_decode_hook)
+_DECODER: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
 
 def decode(value: bytes) -> Event:
-    """Decode and validate one message value; raises :class:`msgspec.ValidationError`,
-    :class:`msgspec.DecodeError`, or returns the event."""
-    return _DECODER.decode(value)
+    """Decode and validate one message value; raises where the models must decide."""
+    event = _DECODER.decode(value)
+    if event.occurred_at.year in (1, 9999):
+        event.occurred_at.astimezone(UTC)  # OverflowError out of range in UTC, as the models
+    return event
 
 
 def from_model(event: events.Event) -> Event:
     """The decoded form of an event the models built or accepted."""
-    # The models serialise occurred_at in the canonical form, in UTC.
     return _DECODER.decode(events.EVENT_ADAPTER.dump_json(event))
