@@ -45,6 +45,7 @@ from pudato_registry.loop import plan_writes
 from pudato_registry.sample import workload
 from pudato_registry.settings import Settings
 from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, States
+from pudato_registry.wire import Event, from_model
 
 
 def fresh(admin: str, base: str) -> str:
@@ -121,7 +122,7 @@ def copy_baseline(source: str, target: str) -> tuple[int, float]:
     return len(jobs) + len(steps), seconds
 
 
-def naive(url: str, events: list) -> float:  # type: ignore[type-arg]
+def naive(url: str, events: list[Event]) -> float:
     """Events/s of one transaction per event: read states, fold, upsert, commit."""
     jobs_sql = (f"INSERT INTO pudato_jobs ({', '.join(JOB_COLUMNS)}) VALUES "
                 f"({', '.join(['%s'] * len(JOB_COLUMNS))}) ON CONFLICT (job_id) DO UPDATE SET "
@@ -266,7 +267,8 @@ def main() -> None:
         print(f"plain COPY of the {rows} final rows: {copy_seconds:.2f} s, {copy_rate:,.0f} rows/s;"
               f" worker events/s / COPY rows/s = {worker_rate / copy_rate:.2f} (target >= 1.5)")
 
-        naive_rate = naive(fresh(admin, database), events[:args.naive_events])
+        naive_rate = naive(fresh(admin, database),
+                           [from_model(e) for e in events[:args.naive_events]])
         print(f"naive per-event transaction loop: {naive_rate:,.0f} events/s; worker is "
               f"{worker_rate / naive_rate:.1f}x (target >= 30)")
 
