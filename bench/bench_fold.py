@@ -77,8 +77,8 @@ def main() -> None:
           f"best of {args.repeat} passes")
     for label in ("default gc", "worker gc (frozen heap, gen0 threshold 50000)"):
         if label.startswith("worker"):
-            from pudato_registry.loop import tune_gc  # noqa: PLC0415
-            tune_gc()
+            from pudato_registry.loop import tune_interpreter  # noqa: PLC0415
+            tune_interpreter()
         rates = [rate(messages, args.batch, stage, args.repeat)
                  for stage in (validating, folding, everything)]
         print(f"{label}: validate {rates[0]:,.0f}/s; validate + fold {rates[1]:,.0f} events/s; "

@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_dumps
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ def load_migrations(directory: Path = SCHEMA_DIR) -> list[Migration]:
 
 def connect(dsn: str, **kwargs: object) -> psycopg.Connection[tuple[object, ...]]:
     """Open a connection with the settings every caller wants."""
-    return psycopg.connect(dsn, application_name="pudato-registry", **kwargs)  # type: ignore[arg-type]
+    conn = psycopg.connect(dsn, application_name="pudato-registry", **kwargs)  # type: ignore[arg-type]
+    # msgspec, not the json module: fast, and JSON numbers may be integers of any size.
+    set_json_dumps(msgspec.json.encode, conn)
+    return conn
 
 
 def create_database(admin_dsn: str, name: str) -> None:
@@ -154,8 +158,14 @@ JOB_COLUMNS = ("job_id", "pipeline", "environment", "namespace", "status", "logi
 STEP_COLUMNS = ("step_id", "job_id", "step_name", "handler_type", "action", "status",
                 "correlation_id", "inputs", "outputs", "executions", "started_at",
                 "completed_at", "duration_ms", "error", "metadata")
-_JSON_COLUMNS = frozenset({"request", "parameters", "metadata", "inputs", "outputs",
-                           "executions"})
+# The type of each column that is not TEXT: binary COPY sends values as the
+# server stores them, so the client formats no timestamps and the server
+# parses none (about half the client's COPY time, measured).
+_COLUMN_TYPES = {
+    "request": "jsonb", "parameters": "jsonb", "metadata": "jsonb", "inputs": "jsonb",
+    "outputs": "jsonb", "executions": "jsonb", "created_at": "timestamptz",
+    "started_at": "timestamptz", "completed_at": "timestamptz", "duration_ms": "int4",
+}
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ class _Target:
     """One table a batch writes, and the statements it takes."""
 
     columns: Sequence[str]
+    types: Sequence[str]  # of the columns, for binary COPY
     create_stage: str  # a temp table like it, per connection
     copy_in: str  # COPY new entities' rows straight into the table
     copy_stage: str  # COPY known entities' rows into the stage ...
@@ -175,35 +186,22 @@ def _target(table: str, key: str, columns: Sequence[str]) -> _Target:
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
     return _Target(
         columns=columns,
+        types=[_COLUMN_TYPES.get(c, "text") for c in columns],
         create_stage=f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) "
                      "ON COMMIT DELETE ROWS",
-        copy_in=f"COPY {table} ({cols}) FROM STDIN",
-        copy_stage=f"COPY {stage} ({cols}) FROM STDIN",
+        copy_in=f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)",
+        copy_stage=f"COPY {stage} ({cols}) FROM STDIN (FORMAT BINARY)",
         upsert=f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} "
                f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
     )
 
 
-_json_encoder = msgspec.json.Encoder()
-
-
-def _json_text(value: object) -> str:
-    """JSON as text, which the server parses into JSONB (msgspec: integers of any size)."""
-    return _json_encoder.encode(value).decode()
-
-
 def _copy(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
-          rows: Sequence[Sequence[object]], columns: Sequence[str]) -> None:
-    json_at = [i for i, c in enumerate(columns) if c in _JSON_COLUMNS]
+          rows: Sequence[Sequence[object]], types: Sequence[str]) -> None:
     with cur.copy(statement) as copy:
+        copy.set_types(types)
         for row in rows:
-            if json_at:
-                values = list(row)
-                for i in json_at:
-                    values[i] = _json_text(values[i])
-                copy.write_row(values)
-            else:
-                copy.write_row(row)
+            copy.write_row(row)
 
 
 _JOBS = _target("pudato_jobs", "job_id", JOB_COLUMNS)
@@ -320,9 +318,9 @@ class Store:
             (known if row[0] in existing else fresh).append(row)
         with conn.cursor() as cur:
             if fresh:
-                _copy(cur, target.copy_in, fresh, target.columns)
+                _copy(cur, target.copy_in, fresh, target.types)
             if known:
-                _copy(cur, target.copy_stage, known, target.columns)
+                _copy(cur, target.copy_stage, known, target.types)
                 cur.execute(target.upsert)
 
     def ping(self) -> None:
