@@ -168,6 +168,11 @@ _COLUMN_TYPES = {
 }
 
 
+def column_types(columns: Sequence[str]) -> list[str]:
+    """The PostgreSQL type of each of these columns, for a binary COPY."""
+    return [_COLUMN_TYPES.get(c, "text") for c in columns]
+
+
 @dataclass(frozen=True)
 class _Target:
     """One table a batch writes, and the statements it takes."""
@@ -186,7 +191,7 @@ def _target(table: str, key: str, columns: Sequence[str]) -> _Target:
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
     return _Target(
         columns=columns,
-        types=[_COLUMN_TYPES.get(c, "text") for c in columns],
+        types=column_types(columns),
         create_stage=f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table}) "
                      "ON COMMIT DELETE ROWS",
         copy_in=f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)",
