@@ -8,10 +8,10 @@ what the models accept, with the same values (a differential test checks
 both): whatever it refuses goes to the models, which either accept the
 message (then it is converted, :func:`from_model`) or say why not.
 
-Where the two libraries differ, this side is narrower: pydantic also reads
-timestamps without seconds or with a decimal comma, and ``NaN``/``Infinity``
-in JSON. Where both read a timestamp, the models take this side's value
-(more than six fraction digits round to the microsecond, as in PostgreSQL).
+Where the two libraries differ, this side is narrower: pydantic's JSON
+parser also takes ``NaN`` and ``Infinity``. Timestamps are read by msgspec on
+both sides (see ``events.Timestamp``): RFC 3339 with an offset, fraction
+digits beyond the sixth rounded to the microsecond, as PostgreSQL does.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from pudato_registry import events
 
 Id = Annotated[str, Meta(min_length=1, max_length=200)]
 JsonObject: TypeAlias = dict[str, Any]
-
-
-Timestamp = Annotated[datetime, Meta(tz=True)]  # RFC 3339 with an offset, or invalid
+Timestamp = Annotated[datetime, Meta(tz=True)]  # RFC 3339 with an offset
 
 
 # gc=False: decoded events hold no cycles, so the collector need not track them.
