@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import orjson
+import msgspec
 import pytest
 
 from pudato_registry import factory, wire
@@ -52,7 +52,7 @@ def _event(**changes: object) -> bytes:
         "occurred_at": "2026-11-01T12:00:00Z", "correlation_id": "c", "job_id": "j",
         "step_id": "s",
     }
-    return orjson.dumps({**base, **changes})
+    return msgspec.json.encode({**base, **changes})
 
 
 @pytest.mark.parametrize(("changes", "kind"), [

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 
 from pudato_registry import logs
 from pudato_registry.settings import Settings, redact_url
@@ -182,7 +182,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "schema":
         from pudato_registry.events import json_schema  # noqa: PLC0415 - fast start-up
 
-        sys.stdout.write(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        schema = msgspec.json.format(msgspec.json.encode(json_schema()), indent=2)
+        sys.stdout.write(schema.decode() + "\n")
         return 0
     if args.command == "migrate":
         return _migrate(settings)

@@ -6,7 +6,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-import orjson
+import msgspec
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +22,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
+        return msgspec.json.encode(entry).decode()
 
 
 def configure(level: str = "INFO", json: bool = False) -> None:

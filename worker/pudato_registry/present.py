@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
+import msgspec
 
 
 def cell(value: Any, width: int = 48) -> str:
@@ -28,6 +28,5 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def as_json(value: Any) -> str:
-    """JSON for scripts: times as RFC 3339."""
-    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z
-                        | orjson.OPT_NAIVE_UTC).decode()
+    """JSON for scripts: times as RFC 3339, numbers of any size."""
+    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()

@@ -41,7 +41,7 @@ from pudato_registry.wire import DataReference, Event, ExecutionRecord, JobSubmi
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-# msgspec, not orjson: JSON numbers may be integers of any size.
+# msgspec: fast, and JSON numbers may be integers of any size.
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
 _canonical = msgspec.json.Encoder(order="sorted").encode  # keys sorted at every depth
