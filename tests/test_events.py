@@ -74,6 +74,16 @@ def test_strict_rules(changes: dict[str, object], kind: RejectionKind) -> None:
     assert result.kind is kind, result.message
 
 
+@pytest.mark.parametrize("value", [
+    b"[" * 100_000 + b"]" * 100_000,
+    _event(data={"metadata": {"deep": [[[]]]}}).replace(b"[[[]]]", b"[" * 5000 + b"]" * 5000),
+])
+def test_nesting_too_deep_to_parse_is_rejected_not_raised(value: bytes) -> None:
+    result = validate(value)
+    assert isinstance(result, Rejection)
+    assert result.kind is RejectionKind.NOT_JSON
+
+
 def test_unknown_fields_are_ignored_and_defaults_filled() -> None:
     event = validate(_event(extra=1, data={"future": True,
                                            "outputs": [{"ref_type": "t", "location": "l",

@@ -117,13 +117,16 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
 @given(messages())
 @example({"schema_version": 1, "event_id": "e", "event_type": "job.started",
           "occurred_at": "2026-11-01T12:00:00.9999999Z", "correlation_id": "c", "job_id": "j"})
+@example({"schema_version": 1, "event_id": "e", "event_type": "job.started",
+          "occurred_at": "2026-11-01T12:00:00Z", "correlation_id": "c", "job_id": "j",
+          "data": {"metadata": {"deep": json.loads("[" * 250 + "]" * 250)}}})
 def test_the_decoder_accepts_only_what_the_models_accept_with_the_same_values(
         message: dict[str, Any]) -> None:
     value = json.dumps(message).encode()
     by_models = _models_say(value)
     try:
         fast: wire.Event | None = wire.decode(value)
-    except msgspec.MsgspecError:
+    except Exception:  # any refusal leaves it to the models
         fast = None
     if fast is not None:
         assert fast == by_models

@@ -16,6 +16,7 @@ from typing import Any
 
 import msgspec
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from pudato_registry import wire
 from pudato_registry.events import EVENT_ADAPTER, EVENT_TYPES, SCHEMA_VERSION
@@ -49,6 +50,14 @@ class Rejection:
 
 def validate(value: bytes | None, max_bytes: int = MIB) -> wire.Event | Rejection:
     """Turn one message value into an event, or say why it is not one. Never raises."""
+    try:
+        return _validate(value, max_bytes)
+    except RecursionError:  # a parser's own limit: nothing to explain, and nothing to store
+        return Rejection(RejectionKind.NOT_JSON, "value is not JSON this worker can read: "
+                                                 "nested too deeply")
+
+
+def _validate(value: bytes | None, max_bytes: int) -> wire.Event | Rejection:
     if value is None:
         return Rejection(RejectionKind.TOMBSTONE, "a null value (tombstone) is not an event")
     if len(value) > max_bytes:
@@ -66,7 +75,7 @@ def validate(value: bytes | None, max_bytes: int = MIB) -> wire.Event | Rejectio
             return Rejection(RejectionKind.INVALID_FIELD, f"unexpected validation failure: {exc!r}")
     # PostgreSQL can store no U+0000 in TEXT or JSONB; JSON can only carry it
     # escaped, so a cheap look at the bytes rules it out for nearly every event.
-    if b"\\u0000" in value and _has_nul(msgspec.json.decode(value)):
+    if b"\\u0000" in value and _has_nul(from_json(value)):  # from_json: NaN, as the models
         return Rejection(
             RejectionKind.NUL_CHARACTER, "a string holds U+0000, which PostgreSQL cannot store"
         )
@@ -91,8 +100,8 @@ def _explain(value: bytes) -> Rejection:
         return Rejection(RejectionKind.NOT_UTF8, f"value is not UTF-8: {exc.reason} at byte "
                                                  f"{exc.start}")
     try:
-        parsed = msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:
+        parsed = from_json(text)
+    except ValueError as exc:
         return Rejection(RejectionKind.NOT_JSON, f"value is not JSON: {exc}")
     if not isinstance(parsed, dict):
         return Rejection(

@@ -9,7 +9,8 @@ both): whatever it refuses goes to the models, which either accept the
 message (then it is converted, :func:`from_model`) or say why not.
 
 Where the two libraries differ, this side is narrower: pydantic's JSON
-parser also takes ``NaN`` and ``Infinity``. Timestamps are read by msgspec on
+parser also takes ``NaN`` and ``Infinity`` (but no more than 200 levels of
+nesting, which this side then checks). Timestamps are read by msgspec on
 both sides (see ``events.Timestamp``): RFC 3339 with an offset, fraction
 digits beyond the sixth rounded to the microsecond, as PostgreSQL does.
 """
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, TypeAlias, get_args
 
 import msgspec
+import pydantic_core
 from msgspec import Meta, Struct
 
 from pudato_registry import events
@@ -210,11 +212,18 @@ for _kind in get_args(Event):
 _DECODER: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
 
+# pydantic's JSON parser stops at 200 levels of nesting, msgspec goes deeper:
+# only a message with that many brackets can be that deep, and is checked.
+_MODELS_MAX_DEPTH = 200
+
+
 def decode(value: bytes) -> Event:
     """Decode and validate one message value; raises where the models must decide."""
     event = _DECODER.decode(value)
     if event.occurred_at.year in (1, 9999):
         event.occurred_at.astimezone(UTC)  # OverflowError out of range in UTC, as the models
+    if value.count(b"[") + value.count(b"{") > _MODELS_MAX_DEPTH:
+        pydantic_core.from_json(value)  # ValueError where the models cannot read it
     return event
 
 
