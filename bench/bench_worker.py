@@ -105,27 +105,33 @@ def _logged_at(log: str, what: str) -> float:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def copy_baseline(source: str, target: str) -> tuple[int, float]:
+STATE_COLUMNS = {"pudato_job_state": ("job_id", "state"),
+                 "pudato_step_state": ("step_id", "state")}
+
+
+def copy_baseline(source: str, target: str, *, states: bool = False) -> tuple[int, float]:
     """COPY the final rows of ``source`` into the empty tables of ``target``: (rows, seconds).
 
     The COPY is as fast as the worker's own: binary, JSON encoded by msgspec.
+    With ``states``, the fold states are copied too (what the worker writes).
     """
+    tables = {"pudato_jobs": JOB_COLUMNS, "pudato_job_steps": STEP_COLUMNS,
+              **(STATE_COLUMNS if states else {})}
     with psycopg.connect(source) as conn:
-        jobs = conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM pudato_jobs").fetchall()
-        steps = conn.execute(f"SELECT {', '.join(STEP_COLUMNS)} FROM pudato_job_steps").fetchall()
+        rows = {table: conn.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+                for table, columns in tables.items()}
     with store.connect(target) as conn:
         started = time.perf_counter()
         with conn.cursor() as cur:
-            for table, columns, rows in (("pudato_jobs", JOB_COLUMNS, jobs),
-                                         ("pudato_job_steps", STEP_COLUMNS, steps)):
+            for table, columns in tables.items():
                 with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN "
                               "(FORMAT BINARY)") as copy:
                     copy.set_types(store.column_types(columns))
-                    for row in rows:
+                    for row in rows[table]:
                         copy.write_row(row)
         conn.commit()
         seconds = time.perf_counter() - started
-    return len(jobs) + len(steps), seconds
+    return sum(len(r) for r in rows.values()), seconds
 
 
 def naive(url: str, events: list[Event]) -> float:
@@ -274,6 +280,9 @@ def main() -> None:
         copy_rate = rows / copy_seconds
         print(f"plain COPY of the {rows} final rows: {copy_seconds:.2f} s, {copy_rate:,.0f} rows/s;"
               f" worker events/s / COPY rows/s = {worker_rate / copy_rate:.2f} (target >= 1.5)")
+        rows, copy_seconds = copy_baseline(url, fresh(admin, database), states=True)
+        print(f"  for comparison, COPY of those rows and their fold states ({rows} rows): "
+              f"{copy_seconds:.2f} s; the worker takes {seconds / copy_seconds:.1f}x as long")
 
         naive_rate = naive(fresh(admin, database),
                            [from_model(e) for e in events[:args.naive_events]])
