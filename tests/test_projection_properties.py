@@ -152,3 +152,30 @@ def test_a_duplicate_id_is_dropped_whatever_it_holds() -> None:
     second = factory.job_succeeded("j", event_id="same", occurred_at=T0 + timedelta(1))
     (row,) = fold([from_model(first), from_model(second)]).job_rows()
     assert (row.status, row.error) == ("failed", "first")
+
+
+V1_STEP = (
+    '[1,["a","b"],[2,2000,"b","success",null,2424],1000,'
+    '{"step_name":[1000,"a","m0"],"action":[1000,"a","build"]},'
+    '{"attempt":[1000,"a",1],"rows":[2000,"b",5]},[2000,"b","job-1","corr-1"],'
+    '[["table","raw.x",[1000,"a",0],[1000,"a",0],'
+    '{"ref_type":"table","location":"raw.x","format":"csv","metadata":{}}]],'
+    '[["table","out.y",[2000,"b",0],[2000,"b",0],'
+    '{"ref_type":"table","location":"out.y","format":null,"metadata":{"n":1}}]],'
+    '[["{\\"details\\":{\\"m\\":[\\"x\\"]},\\"execution_type\\":\\"dbt\\"}",[2000,"b",0],'
+    '{"execution_type":"dbt","details":{"m":["x"]}}]]]'
+)
+V1_JOB = ('[1,["a"],[0,1000,"a","pending",null,null],null,{"pipeline":[1000,"a","p"]},'
+          '{"k":[1000,"a",1]},1000,1000]')
+
+
+def test_states_saved_by_an_older_worker_are_read_and_saved_smaller() -> None:
+    step = StepState.load("s", V1_STEP)
+    job = JobState.load("j", V1_JOB)
+    for old, cls, key in ((step, StepState, "s"), (job, JobState, "j")):
+        again = cls.load(key, old.dump())
+        assert again.row() == old.row()
+        assert again.dump() == old.dump()
+        assert old.dump().startswith("[2,")
+    assert step.row().executions == [{"execution_type": "dbt", "details": {"m": ["x"]}}]
+    assert len(step.dump()) < len(V1_STEP) * 0.75

@@ -24,6 +24,12 @@ associative and idempotent. So folding new events into a saved state equals
 folding everything at once, and the worker only ever reads the states of the
 entities a batch touches. Times are kept as integer microseconds since the
 epoch (exact, cheap to compare and to store).
+
+A state is saved as compact JSON (version 2): the sorted event ids once, and
+every stamp naming its event by its place in that list; an execution entry
+by its canonical JSON only, a reference without repeating its key. That
+halves it against version 1 (which wrote each event id at every stamp, and
+is still read).
 """
 
 from __future__ import annotations
@@ -191,6 +197,33 @@ def _dumps(value: Any) -> str:
     return _encode(value).decode()
 
 
+# --- saving states: event ids by their place in the sorted ``seen`` ------------
+
+
+def _out(stamped: list[Any], place: dict[str, int], at: int = 1) -> list[Any]:
+    """A stamped list with its event id (at index ``at``) replaced by the id's place."""
+    copy = stamped.copy()
+    copy[at] = place[copy[at]]
+    return copy
+
+
+def _in(stamped: list[Any], ids: list[str], at: int = 1) -> list[Any]:
+    """:func:`_out` undone, in place: the list is fresh from the decoder."""
+    stamped[at] = ids[stamped[at]]
+    return stamped
+
+
+def _registers_out(registers: dict[str, list[Any]], place: dict[str, int]) -> dict[str, Any]:
+    # Registers are [µs, event_id, value]: spelt out, this runs for every saved state.
+    return {name: [held[0], place[held[1]], held[2]] for name, held in registers.items()}
+
+
+def _registers_in(registers: dict[str, list[Any]], ids: list[str]) -> dict[str, list[Any]]:
+    for held in registers.values():
+        held[1] = ids[held[1]]
+    return registers
+
+
 def _min(current: int | None, candidate: int) -> int:
     return candidate if current is None or candidate < current else current
 
@@ -287,14 +320,21 @@ class JobState(_Entity):
 
     def dump(self) -> str:
         """The state's compact JSON encoding, for ``pudato_job_state.state``."""
-        return _dumps([1, sorted(self.seen), self.win, self.started_at, self.scalars,
-                             self.metadata, self.submitted_at, self.first_seen_at])
+        ids = sorted(self.seen)
+        place = {event_id: i for i, event_id in enumerate(ids)}
+        return _dumps([2, ids, None if self.win is None else _out(self.win, place, 2),
+                       self.started_at, _registers_out(self.scalars, place),
+                       _registers_out(self.metadata, place), self.submitted_at,
+                       self.first_seen_at])
 
     @classmethod
     def load(cls, job_id: str, encoded: str) -> JobState:
-        """Decode :meth:`dump`'s output."""
-        _v, seen, win, started, scalars, metadata, submitted, first = _decode(encoded)
-        return cls(set(seen), win, started, scalars, metadata, job_id, submitted, first)
+        """Decode :meth:`dump`'s output (either version)."""
+        version, ids, win, started, scalars, metadata, submitted, first = _decode(encoded)
+        if version > 1:
+            win = None if win is None else _in(win, ids, 2)
+            scalars, metadata = _registers_in(scalars, ids), _registers_in(metadata, ids)
+        return cls(set(ids), win, started, scalars, metadata, job_id, submitted, first)
 
 
 @dataclass(slots=True)
@@ -375,24 +415,47 @@ class StepState(_Entity):
 
     def dump(self) -> str:
         """The state's compact JSON encoding, for ``pudato_step_state.state``."""
+        ids = sorted(self.seen)
+        place = {event_id: i for i, event_id in enumerate(ids)}
+
+        def references(merged: dict[tuple[str, str], list[Any]]) -> list[list[Any]]:
+            return [[ref_type, location, _out(first, place), _out(last, place),
+                     content["format"], content["metadata"]]
+                    for (ref_type, location), (first, last, content) in merged.items()]
+
         return _dumps([
-            1, sorted(self.seen), self.win, self.started_at, self.scalars, self.metadata,
-            self.owner,
-            [[*pair, *held] for pair, held in self.inputs.items()],
-            [[*pair, *held] for pair, held in self.outputs.items()],
-            [[identity.decode(), *held] for identity, held in self.executions.items()],
+            2, ids, None if self.win is None else _out(self.win, place, 2), self.started_at,
+            _registers_out(self.scalars, place), _registers_out(self.metadata, place),
+            None if self.owner is None else _out(self.owner, place),
+            references(self.inputs), references(self.outputs),
+            [[identity.decode(), _out(first, place)]
+             for identity, (first, _content) in self.executions.items()],
         ])
 
     @classmethod
     def load(cls, step_id: str, encoded: str) -> StepState:
-        """Decode :meth:`dump`'s output."""
-        (_v, seen, win, started, scalars, metadata, owner, inputs, outputs,
+        """Decode :meth:`dump`'s output (either version)."""
+        (version, ids, win, started, scalars, metadata, owner, inputs, outputs,
          executions) = _decode(encoded)
+        if version == 1:
+            return cls(
+                set(ids), win, started, scalars, metadata, step_id, owner,
+                {(r, loc): [first, last, content] for r, loc, first, last, content in inputs},
+                {(r, loc): [first, last, content] for r, loc, first, last, content in outputs},
+                {identity.encode(): [first, content] for identity, first, content in executions},
+            )
+
+        def references(saved: list[list[Any]]) -> dict[tuple[str, str], list[Any]]:
+            return {(r, loc): [_in(first, ids), _in(last, ids),
+                               {"ref_type": r, "location": loc, "format": f, "metadata": m}]
+                    for r, loc, first, last, f, m in saved}
+
         return cls(
-            set(seen), win, started, scalars, metadata, step_id, owner,
-            {(r, loc): [first, last, content] for r, loc, first, last, content in inputs},
-            {(r, loc): [first, last, content] for r, loc, first, last, content in outputs},
-            {identity.encode(): [first, content] for identity, first, content in executions},
+            set(ids), None if win is None else _in(win, ids, 2), started,
+            _registers_in(scalars, ids), _registers_in(metadata, ids), step_id,
+            None if owner is None else _in(owner, ids), references(inputs), references(outputs),
+            {identity.encode(): [_in(first, ids), _decode(identity)]
+             for identity, first in executions},
         )
 
 
