@@ -28,8 +28,8 @@ epoch (exact, cheap to compare and to store).
 A state is saved as compact JSON (version 2): the sorted event ids once, and
 every stamp naming its event by its place in that list; an execution entry
 by its canonical JSON only, a reference without repeating its key. That
-halves it against version 1 (which wrote each event id at every stamp, and
-is still read).
+nearly halves it against version 1 (which wrote each event id at every
+stamp, and is still read).
 """
 
 from __future__ import annotations
