@@ -214,14 +214,11 @@ def _in(stamped: list[Any], ids: list[str], at: int = 1) -> list[Any]:
 
 
 def _registers_out(registers: dict[str, list[Any]], place: dict[str, int]) -> dict[str, Any]:
-    # Registers are [µs, event_id, value]: spelt out, this runs for every saved state.
-    return {name: [held[0], place[held[1]], held[2]] for name, held in registers.items()}
+    return {name: _out(held, place) for name, held in registers.items()}
 
 
 def _registers_in(registers: dict[str, list[Any]], ids: list[str]) -> dict[str, list[Any]]:
-    for held in registers.values():
-        held[1] = ids[held[1]]
-    return registers
+    return {name: _in(held, ids) for name, held in registers.items()}
 
 
 def _min(current: int | None, candidate: int) -> int:
@@ -247,10 +244,9 @@ class _Entity:
         if win is None or (win[0], win[1], win[2]) < (kind.rank, *stamp):
             error = event.data.error if kind.error else None  # type: ignore[union-attr]
             self.win = [kind.rank, stamp[0], stamp[1], kind.status, error, duration_ms]
-        if kind.rank == 1 and (self.started_at is None or stamp[0] < self.started_at):
-            self.started_at = stamp[0]
-        if event.data.metadata:
-            _merge_metadata(self.metadata, stamp, event.data.metadata)
+        if kind.rank == 1:
+            self.started_at = _min(self.started_at, stamp[0])
+        _merge_metadata(self.metadata, stamp, event.data.metadata)
 
     def _status(self) -> tuple[str, int | None, str | None]:
         """(status, completed_at in µs, error) from the winning event (rules 1, 3, 4)."""
@@ -360,20 +356,15 @@ class StepState(_Entity):
         owner = self.owner
         if owner is None or (owner[0], owner[1]) < stamp:
             self.owner = [micros, event.event_id, event.job_id, event.correlation_id]
-        # The None checks only save calls: _merge_scalar ignores None too.
-        if data.step_name is not None:
-            _merge_scalar(self.scalars, "step_name", stamp, data.step_name)
-        if data.handler_type is not None:
-            _merge_scalar(self.scalars, "handler_type", stamp, data.handler_type)
-        if data.action is not None:
-            _merge_scalar(self.scalars, "action", stamp, data.action)
-        if kind.inputs and data.inputs:  # type: ignore[union-attr]
+        scalars = self.scalars
+        _merge_scalar(scalars, "step_name", stamp, data.step_name)
+        _merge_scalar(scalars, "handler_type", stamp, data.handler_type)
+        _merge_scalar(scalars, "action", stamp, data.action)
+        if kind.inputs:
             _merge_references(self.inputs, stamp, data.inputs)  # type: ignore[union-attr]
         if kind.result:
-            if data.outputs:  # type: ignore[union-attr]
-                _merge_references(self.outputs, stamp, data.outputs)  # type: ignore[union-attr]
-            if data.executions:  # type: ignore[union-attr]
-                _merge_executions(self.executions, stamp, data.executions)  # type: ignore[union-attr]
+            _merge_references(self.outputs, stamp, data.outputs)  # type: ignore[union-attr]
+            _merge_executions(self.executions, stamp, data.executions)  # type: ignore[union-attr]
         return True
 
     @property
@@ -489,8 +480,7 @@ class Projection:
             if job.first_seen_at is None:  # created just now for a duplicate: forget it
                 del self.jobs[event.job_id]
             return False
-        if job.first_seen_at is None or micros < job.first_seen_at:
-            job.first_seen_at = micros  # job.named_at(micros), inline: this runs per event
+        job.named_at(micros)
         self.changed_jobs.add(event.job_id)
         self.changed_steps.add(event.step_id)
         return True
