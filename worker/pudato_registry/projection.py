@@ -244,9 +244,10 @@ class _Entity:
         if win is None or (win[0], win[1], win[2]) < (kind.rank, *stamp):
             error = event.data.error if kind.error else None  # type: ignore[union-attr]
             self.win = [kind.rank, stamp[0], stamp[1], kind.status, error, duration_ms]
-        if kind.rank == 1:
-            self.started_at = _min(self.started_at, stamp[0])
-        _merge_metadata(self.metadata, stamp, event.data.metadata)
+        if kind.rank == 1 and (self.started_at is None or stamp[0] < self.started_at):
+            self.started_at = stamp[0]
+        if event.data.metadata:
+            _merge_metadata(self.metadata, stamp, event.data.metadata)
 
     def _status(self) -> tuple[str, int | None, str | None]:
         """(status, completed_at in µs, error) from the winning event (rules 1, 3, 4)."""
@@ -356,15 +357,21 @@ class StepState(_Entity):
         owner = self.owner
         if owner is None or (owner[0], owner[1]) < stamp:
             self.owner = [micros, event.event_id, event.job_id, event.correlation_id]
-        scalars = self.scalars
-        _merge_scalar(scalars, "step_name", stamp, data.step_name)
-        _merge_scalar(scalars, "handler_type", stamp, data.handler_type)
-        _merge_scalar(scalars, "action", stamp, data.action)
-        if kind.inputs:
+        # The checks below only save calls (the merges ignore None and empty
+        # lists too): per event they are worth about 4 % of validate + fold.
+        if data.step_name is not None:
+            _merge_scalar(self.scalars, "step_name", stamp, data.step_name)
+        if data.handler_type is not None:
+            _merge_scalar(self.scalars, "handler_type", stamp, data.handler_type)
+        if data.action is not None:
+            _merge_scalar(self.scalars, "action", stamp, data.action)
+        if kind.inputs and data.inputs:  # type: ignore[union-attr]
             _merge_references(self.inputs, stamp, data.inputs)  # type: ignore[union-attr]
         if kind.result:
-            _merge_references(self.outputs, stamp, data.outputs)  # type: ignore[union-attr]
-            _merge_executions(self.executions, stamp, data.executions)  # type: ignore[union-attr]
+            if data.outputs:  # type: ignore[union-attr]
+                _merge_references(self.outputs, stamp, data.outputs)  # type: ignore[union-attr]
+            if data.executions:  # type: ignore[union-attr]
+                _merge_executions(self.executions, stamp, data.executions)  # type: ignore[union-attr]
         return True
 
     @property
@@ -480,7 +487,8 @@ class Projection:
             if job.first_seen_at is None:  # created just now for a duplicate: forget it
                 del self.jobs[event.job_id]
             return False
-        job.named_at(micros)
+        if job.first_seen_at is None or micros < job.first_seen_at:
+            job.first_seen_at = micros  # job.named_at(micros), inline: this runs per event
         self.changed_jobs.add(event.job_id)
         self.changed_steps.add(event.step_id)
         return True
