@@ -35,7 +35,9 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 JsonObject: TypeAlias = dict[str, Any]
 
 
-_AWARE_DATETIME = Annotated[datetime, msgspec.Meta(tz=True)]
+# RFC 3339 with an offset, as msgspec reads it: the one reading of a timestamp,
+# here and in the worker's decoder (wire.py).
+RFC3339 = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def _rfc3339(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -48,7 +50,7 @@ def _rfc3339(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     if not isinstance(value, str):
         return handler(value)  # a datetime built in Python; strict: nothing else
     try:
-        return msgspec.convert(value, _AWARE_DATETIME)
+        return msgspec.convert(value, RFC3339)
     except msgspec.ValidationError:
         pass
     try:

@@ -18,7 +18,7 @@ digits beyond the sixth rounded to the microsecond, as PostgreSQL does.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Annotated, Any, ClassVar, TypeAlias, get_args
 
 import msgspec
@@ -29,7 +29,6 @@ from pudato_registry import events
 
 Id = Annotated[str, Meta(min_length=1, max_length=200)]
 JsonObject: TypeAlias = dict[str, Any]
-Timestamp = Annotated[datetime, Meta(tz=True)]  # RFC 3339 with an offset
 
 
 # gc=False: decoded events hold no cycles, so the collector need not track them.
@@ -129,7 +128,7 @@ class _Envelope(Struct, frozen=True, kw_only=True, gc=False, tag_field="event_ty
     event_type: ClassVar[str]
     schema_version: Annotated[int, Meta(ge=events.SCHEMA_VERSION, le=events.SCHEMA_VERSION)]
     event_id: Id
-    occurred_at: Timestamp
+    occurred_at: events.RFC3339
     correlation_id: Id
     job_id: Id
 
