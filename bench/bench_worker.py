@@ -6,9 +6,11 @@ Prints, for issue 4's targets:
 1. `pudato-registry worker --drain` from an empty database over a realistic
    workload (jobs of 10 steps, 1 % duplicates): events/s over the wall time
    (start-up and group join included) and from assignment to drained; peak RSS;
+   the CPU seconds the worker, PostgreSQL and the broker spent meanwhile;
 2. a plain COPY (binary, as the worker's) of the resulting final rows into
    empty tables of the same schema: rows/s, and the ratio worker events/s
-   (wall) / COPY rows/s (target >= 1.5);
+   (wall) / COPY rows/s (target >= 1.5); the CPU seconds PostgreSQL spent on
+   it, and the CPU the whole machine has in the wall time the target allows;
 3. a naive loop that applies each event in its own transaction (read the
    entity states, fold one event, INSERT ... ON CONFLICT, commit): events/s and
    the worker's multiple of it (target >= 30);
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -105,12 +108,57 @@ def _logged_at(log: str, what: str) -> float:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """CPU seconds spent on this machine between two points, split by who spent them.
+
+    The split: this process, its reaped children (the worker processes), the
+    broker (processes named ``java``) and the rest of the machine, which
+    during a drain or a COPY is PostgreSQL (its backends are children of the
+    postmaster, so summing ``postgres`` processes could miss one not reaped
+    yet; the machine's own counters miss nothing).
+    """
+
+    def __init__(self) -> None:
+        self._start = self._now()
+        self.spent: dict[str, float] = {}
+
+    @staticmethod
+    def _now() -> dict[str, float]:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        broker = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:  # the process ended meanwhile
+                continue
+            if text[text.index("(") + 1:text.rindex(")")] == "java":
+                broker += sum(map(int, text[text.rindex(")") + 2:].split()[11:13]))
+        ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return {"self": own.ru_utime + own.ru_stime,
+                "children": children.ru_utime + children.ru_stime,
+                "broker": broker / CLOCK_TICKS,
+                "machine": (sum(ticks) - ticks[3] - ticks[4]) / CLOCK_TICKS}  # not idle, iowait
+
+    def stop(self) -> Cpu:
+        """Take the second reading; ``spent`` then holds the differences and ``rest``."""
+        end = self._now()
+        self.spent = {key: end[key] - self._start[key] for key in end}
+        self.spent["rest"] = self.spent["machine"] - sum(
+            self.spent[key] for key in ("self", "children", "broker"))
+        return self
+
+
 STATE_COLUMNS = {"pudato_job_state": ("job_id", "state"),
                  "pudato_step_state": ("step_id", "state")}
 
 
-def copy_baseline(source: str, target: str, *, states: bool = False) -> tuple[int, float]:
-    """COPY the final rows of ``source`` into the empty tables of ``target``: (rows, seconds).
+def copy_baseline(source: str, target: str, *,
+                  states: bool = False) -> tuple[int, float, Cpu]:
+    """COPY the final rows of ``source`` into the empty tables of ``target``: rows, seconds, CPU.
 
     The COPY is as fast as the worker's own: binary, JSON encoded by msgspec.
     With ``states``, the fold states are copied too (what the worker writes).
@@ -121,6 +169,7 @@ def copy_baseline(source: str, target: str, *, states: bool = False) -> tuple[in
         rows = {table: conn.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
                 for table, columns in tables.items()}
     with store.connect(target) as conn:
+        cpu = Cpu()
         started = time.perf_counter()
         with conn.cursor() as cur:
             for table, columns in tables.items():
@@ -131,7 +180,8 @@ def copy_baseline(source: str, target: str, *, states: bool = False) -> tuple[in
                         copy.write_row(row)
         conn.commit()
         seconds = time.perf_counter() - started
-    return sum(len(r) for r in rows.values()), seconds
+        cpu.stop()
+    return sum(len(r) for r in rows.values()), seconds, cpu
 
 
 def naive(url: str, events: list[Event]) -> float:
@@ -261,12 +311,14 @@ def main() -> None:
         print(f"workload: {len(events)} events, {len({e.job_id for e in events})} jobs, "
               f"{args.partitions} partitions")
 
+        cpu = Cpu()
         started = time.perf_counter()
         processes = [worker(settings, "--drain") for _ in range(args.workers)]
         peaks = [PeakRss(p.pid) for p in processes]
         logs = [p.communicate()[1] for p in processes]
         assert all(p.returncode == 0 for p in processes), logs
         seconds = time.perf_counter() - started
+        spent = cpu.stop().spent
         worker_rate = len(events) / seconds
         busy = max(float(re.findall(r"busy ([0-9.]+) s", log)[-1]) for log in logs)
         consuming = max(_logged_at(log, "drained") for log in logs) - min(
@@ -275,14 +327,25 @@ def main() -> None:
               f"included: {worker_rate:,.0f} events/s; {consuming:.1f} s from assignment to "
               f"drained: {len(events) / consuming:,.0f} events/s ({busy:.1f} s busy with "
               f"batches); peak RSS {max(r.peak_kb for r in peaks) / 1024:.0f} MB")
+        cores = os.cpu_count() or 1
+        print(f"  CPU: worker {spent['children']:.1f} s, the rest of the machine (PostgreSQL, "
+              f"mostly) {spent['rest']:.1f} s, broker {spent['broker']:.1f} s; "
+              f"{spent['machine']:.1f} of the {cores * seconds:.1f} CPU-s of {cores} cores over "
+              "the wall time")
 
-        rows, copy_seconds = copy_baseline(url, fresh(admin, database))
+        rows, copy_seconds, copy_cpu = copy_baseline(url, fresh(admin, database))
         copy_rate = rows / copy_seconds
         print(f"plain COPY of the {rows} final rows: {copy_seconds:.2f} s, {copy_rate:,.0f} rows/s;"
               f" worker events/s / COPY rows/s = {worker_rate / copy_rate:.2f} (target >= 1.5)")
-        rows, copy_seconds = copy_baseline(url, fresh(admin, database), states=True)
+        allowed = len(events) / (1.5 * copy_rate)
+        print(f"  CPU: PostgreSQL {copy_cpu.spent['rest']:.1f} s, client "
+              f"{copy_cpu.spent['self']:.1f} s. At 1.5x the drain may take {allowed:.1f} s wall: "
+              f"{cores * allowed:.1f} CPU-s on {cores} cores, against the {spent['machine']:.1f} "
+              "it used")
+        rows, copy_seconds, copy_cpu = copy_baseline(url, fresh(admin, database), states=True)
         print(f"  for comparison, COPY of those rows and their fold states ({rows} rows): "
-              f"{copy_seconds:.2f} s; the worker takes {seconds / copy_seconds:.1f}x as long")
+              f"{copy_seconds:.2f} s, PostgreSQL CPU {copy_cpu.spent['rest']:.1f} s; the worker "
+              f"takes {seconds / copy_seconds:.1f}x as long")
 
         naive_rate = naive(fresh(admin, database),
                            [from_model(e) for e in events[:args.naive_events]])
