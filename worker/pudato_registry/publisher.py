@@ -88,6 +88,8 @@ class Registry:
         self.spool = Spool(spool_dir or self.settings.spool_dir)
         self._producer: Producer | None = None
         self._lock = threading.Lock()
+        # Guards the counters in ``stats`` that more than one thread updates:
+        # delivery reports run in callers' flush() and in our thread alike.
         self._count_lock = threading.Lock()
         self._seq = itertools.count()
         self._healthy = True
@@ -146,11 +148,12 @@ class Registry:
     def _delivered(self, stamp: tuple[int, int], error: KafkaError | None,
                    message: Message) -> None:
         if error is None:
-            with self._count_lock:  # callers' flush() and our thread both serve reports
+            with self._count_lock:
                 self.stats.delivered += 1
             return
         if not error.retriable() and error.code() not in _SPOOLABLE:
-            self.stats.rejected += 1
+            with self._count_lock:
+                self.stats.rejected += 1
             log.error("the broker rejected an event for good (%s); it is dropped", error.str())
             return
         self._episode(error.str())
@@ -164,11 +167,13 @@ class Registry:
             log.debug("Kafka client: %s", error.str())
 
     def _episode(self, why: str) -> None:
-        if self._healthy:
+        with self._count_lock:  # callers and delivery reports may both notice it
+            if not self._healthy:
+                return
             self._healthy = False
             self.stats.episodes += 1
-            log.warning("cannot deliver to Kafka (%s); spooling events to %s until it can",
-                        why, self.spool.path)
+        log.warning("cannot deliver to Kafka (%s); spooling events to %s until it can",
+                    why, self.spool.path)
 
     # --- the background thread ------------------------------------------------------
 
@@ -188,7 +193,8 @@ class Registry:
 
     def _spool_now(self, rows: list[tuple[int, int, bytes | None, bytes]]) -> None:
         self.spool.put(rows)
-        self.stats.spooled += len(rows)
+        with self._count_lock:  # callers after close() and our thread both spool
+            self.stats.spooled += len(rows)
 
     def _resend(self) -> None:
         """Re-send the spool, oldest first, once nothing else is in flight."""
