@@ -160,7 +160,7 @@ def copy_baseline(source: str, target: str, *,
                   states: bool = False) -> tuple[int, float, Cpu]:
     """COPY the final rows of ``source`` into the empty tables of ``target``: rows, seconds, CPU.
 
-    The COPY is as fast as the worker's own: binary, JSON encoded by msgspec.
+    The COPY is the worker's own (``store.copy_rows``): binary, JSON encoded by msgspec.
     With ``states``, the fold states are copied too (what the worker writes).
     """
     tables = {"pudato_jobs": JOB_COLUMNS, "pudato_job_steps": STEP_COLUMNS,
@@ -173,11 +173,8 @@ def copy_baseline(source: str, target: str, *,
         started = time.perf_counter()
         with conn.cursor() as cur:
             for table, columns in tables.items():
-                with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN "
-                              "(FORMAT BINARY)") as copy:
-                    copy.set_types(store.column_types(columns))
-                    for row in rows[table]:
-                        copy.write_row(row)
+                store.copy_rows(cur, f"COPY {table} ({', '.join(columns)}) FROM STDIN "
+                                "(FORMAT BINARY)", rows[table], store.column_types(columns))
         conn.commit()
         seconds = time.perf_counter() - started
         cpu.stop()

@@ -201,8 +201,9 @@ def _target(table: str, key: str, columns: Sequence[str]) -> _Target:
     )
 
 
-def _copy(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
-          rows: Sequence[Sequence[object]], types: Sequence[str]) -> None:
+def copy_rows(cur: psycopg.Cursor[tuple[object, ...]], statement: str,
+              rows: Sequence[Sequence[object]], types: Sequence[str]) -> None:
+    """Run a binary ``COPY ... FROM STDIN`` of ``rows``, whose columns have ``types``."""
     with cur.copy(statement) as copy:
         copy.set_types(types)
         for row in rows:
@@ -323,9 +324,9 @@ class Store:
             (known if row[0] in existing else fresh).append(row)
         with conn.cursor() as cur:
             if fresh:
-                _copy(cur, target.copy_in, fresh, target.types)
+                copy_rows(cur, target.copy_in, fresh, target.types)
             if known:
-                _copy(cur, target.copy_stage, known, target.types)
+                copy_rows(cur, target.copy_stage, known, target.types)
                 cur.execute(target.upsert)
 
     def ping(self) -> None:
