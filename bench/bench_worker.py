@@ -203,7 +203,7 @@ def naive(url: str, events: list[Event]) -> float:
                 step = conn.execute(
                     "SELECT step_id, state FROM pudato_step_state WHERE step_id = %s",
                     (event.step_id,)).fetchall() if event.step_id else []
-                writes, _new = plan_writes([event], States(dict(job), dict(step)))
+                writes = plan_writes([event], States(dict(job), dict(step))).writes
                 for row in writes.jobs:
                     conn.execute(jobs_sql, adapt(row))  # type: ignore[arg-type]
                 for row in writes.steps:

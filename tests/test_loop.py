@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -221,6 +222,7 @@ def test_missing_topic_fails_clearly(services: Services, database_url: str) -> N
 
 def test_states_changed_under_a_folded_batch_are_folded_again(settings: Settings) -> None:
     from pudato_registry.loop import (  # noqa: PLC0415
+        Batch,
         _Planned,
         apply_events,
         entity_ids,
@@ -234,9 +236,10 @@ def test_states_changed_under_a_folded_batch_are_folded_again(settings: Settings
     apply_events(store, first)
     # Folded ahead from states that are out of date (as if another worker wrote since).
     stale = States(jobs={}, steps={})
-    writes, new = plan_writes(second, stale)
+    plan = plan_writes(second, stale)
     worker = Worker(settings, store=store)
-    planned = _Planned(second, *entity_ids(second), stale, writes, new)
+    batch = Batch(deadline=time.monotonic() + 60, events=second)
+    planned = _Planned(batch, *entity_ids(second), stale, plan)
     worker._write(planned)  # taken as new, so the first attempt fails on a primary key
     assert worker.refolds == 1
     assert table_rows(settings.database_dsn) == expected_rows(events)

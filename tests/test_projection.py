@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from pudato_registry.projection import fold
+from pudato_registry import factory
+from pudato_registry.events import ENTITY_EVENTS_MAX, DataReference, ExecutionRecord
+from pudato_registry.projection import Projection, StepState, fold
 from pudato_registry.validate import Rejection, RejectionKind, validate
 from pudato_registry.wire import Event
+from tests.helpers import decoded
 from tests.vectors import Vector, all_vectors, as_expected
 
 VECTORS = all_vectors()
@@ -39,6 +44,101 @@ def test_invalid_vector_rejection_kinds() -> None:
         k.TOMBSTONE, k.MISSING_FIELD, k.MISSING_FIELD, k.NOT_JSON, k.MISSING_FIELD,
         k.MISSING_FIELD, k.NOT_OBJECT, k.NOT_UTF8, k.INVALID_FIELD, k.INVALID_FIELD,
         k.STEP_ID_NOT_ALLOWED, k.UNKNOWN_EVENT_TYPE, k.NAIVE_TIMESTAMP, k.INVALID_FIELD,
-        k.NOT_OBJECT, k.UNSUPPORTED_SCHEMA_VERSION, k.INVALID_FIELD, k.INVALID_FIELD,
+        k.NOT_OBJECT, k.UNSUPPORTED_SCHEMA_VERSION, k.INVALID_FIELD, k.STRING_TOO_LONG,
         k.MISSING_FIELD, k.MISSING_FIELD,
     ]
+
+
+# --- amendment 1: per-entity limits --------------------------------------------------------
+
+def _ref(location: str) -> DataReference:
+    return DataReference(ref_type="table", location=location)
+
+
+def _saved(projection: Projection) -> tuple[dict[str, str], dict[str, str]]:
+    return ({i: s.dump() for i, s in projection.jobs.items()},
+            {i: s.dump() for i, s in projection.steps.items()})
+
+
+def test_a_step_takes_at_most_1000_events_and_the_next_changes_nothing() -> None:
+    projection = Projection()
+    for i in range(ENTITY_EVENTS_MAX):
+        assert projection.apply(decoded([factory.step_succeeded(
+            "j", "s", metadata={"n": i}, event_id=f"e{i:04}")])[0])
+    before = _saved(projection)
+    over = decoded([factory.step_failed("j", "s", error="late", event_id="over")])[0]
+    assert not projection.apply(over)
+    assert projection.refused == [(over, "step 's' already has 1000 events, the most one "
+                                         "entity may have")]
+    assert _saved(projection) == before
+    # An event already applied is still a duplicate, not a refusal.
+    again = decoded([factory.step_succeeded("j", "s", metadata={"n": 0}, event_id="e0000")])[0]
+    assert not projection.apply(again)
+    assert len(projection.refused) == 1
+
+
+def test_a_jobs_steps_do_not_count_against_the_job() -> None:
+    projection = Projection()
+    for i in range(ENTITY_EVENTS_MAX):
+        projection.apply(decoded([factory.job_started("j", event_id=f"j{i}")])[0])
+    for i in range(50):
+        assert projection.apply(decoded([factory.step_started(
+            "j", f"s{i}", step_name="s", handler_type="h", action="a")])[0])
+    assert not projection.apply(decoded([factory.job_succeeded("j")])[0])
+    assert [reason for _e, reason in projection.refused] == [
+        "job 'j' already has 1000 events, the most one entity may have"]
+
+
+def test_metadata_keys_are_counted_across_events() -> None:
+    projection = Projection()
+    first = {f"k{i}": i for i in range(600)}
+    assert projection.apply(decoded([factory.job_started("j", metadata=first)])[0])
+    # Keys already held do not count again: 600 + 400 new = 1000 exactly.
+    second = {**first, **{f"n{i}": i for i in range(400)}}
+    assert projection.apply(decoded([factory.job_succeeded("j", metadata=second)])[0])
+    assert not projection.apply(decoded([factory.job_failed("j", error="e",
+                                                            metadata={"one": 1})])[0])
+    assert projection.refused[0][1] == "job 'j' would have more than 1000 metadata keys"
+    assert projection.apply(decoded([factory.job_failed("j", error="e",
+                                                        metadata={"k1": "again"})])[0])
+
+
+@pytest.mark.parametrize("field", ["inputs", "outputs"])
+def test_references_per_list_are_counted_across_events(field: str) -> None:
+    projection = Projection()
+    for batch in range(2):
+        refs = [_ref(f"t{batch}.{i}") for i in range(5_000)]
+        assert projection.apply(decoded([factory.step_succeeded("j", "s", **{field: refs})])[0])
+    repeat = [_ref("t0.1"), _ref("t1.2")]  # known pairs: no new entry
+    assert projection.apply(decoded([factory.step_succeeded("j", "s", **{field: repeat})])[0])
+    over = decoded([factory.step_succeeded("j", "s", **{field: [_ref("new")]})])[0]
+    assert not projection.apply(over)
+    assert projection.refused == [(over, f"step 's' would have more than 10000 {field}")]
+    # The other list is not full.
+    other = "outputs" if field == "inputs" else "inputs"
+    assert projection.apply(decoded([factory.step_succeeded("j", "s", **{other: [_ref("x")]})])[0])
+
+
+def test_distinct_executions_are_counted_across_events() -> None:
+    projection = Projection()
+    runs = [ExecutionRecord(execution_type="sql", details={"n": i}) for i in range(1000)]
+    assert projection.apply(decoded([factory.step_succeeded("j", "s", executions=runs)])[0])
+    assert projection.apply(decoded([factory.step_succeeded("j", "s", executions=runs[:3])])[0])
+    assert not projection.apply(decoded([factory.step_failed(
+        "j", "s", error="e", executions=[ExecutionRecord(execution_type="sql")])])[0])
+    assert projection.refused[0][1] == "step 's' would have more than 1000 executions"
+
+
+def test_a_refused_step_event_leaves_its_job_untouched() -> None:
+    full = Projection()
+    for i in range(ENTITY_EVENTS_MAX):
+        full.apply(decoded([factory.step_started("j", "s", step_name="s", handler_type="h",
+                                                 action="a", event_id=f"e{i}")])[0])
+    # A fresh projection that knows the step from its saved state, and not the job.
+    projection = Projection(steps={"s": StepState.load("s", full.steps["s"].dump())})
+    early = datetime(2000, 1, 1, tzinfo=UTC)
+    assert not projection.apply(decoded([factory.step_succeeded("j", "s",
+                                                                occurred_at=early)])[0])
+    assert projection.jobs == {}
+    assert not projection.changed_jobs
+    assert not projection.changed_steps

@@ -167,3 +167,95 @@ def test_fraction_digits_beyond_the_sixth_round_on_both_paths() -> None:
     second = datetime(2026, 11, 1, 12, 0, 1, tzinfo=UTC)
     assert wire.decode(value).occurred_at == second
     assert events.EVENT_ADAPTER.validate_json(value).occurred_at == second
+
+
+# --- amendment 1: per-event limits, the same on both paths --------------------------------
+
+_REF = {"ref_type": "t", "location": "l"}
+LIMITS = [  # (event type, data at the limit, data one over it, kind)
+    ("job.submitted", {"pipeline": "é" * 512, "logic_version": "v"},
+     {"pipeline": "é" * 513, "logic_version": "v"}, RejectionKind.STRING_TOO_LONG),
+    ("job.submitted", {"pipeline": "p", "logic_version": "v", "environment": "😀" * 512},
+     {"pipeline": "p", "logic_version": "v", "environment": "😀" * 513},
+     RejectionKind.STRING_TOO_LONG),
+    ("job.submitted", {"pipeline": "p", "logic_version": "v", "namespace": "n" * 512},
+     {"pipeline": "p", "logic_version": "v", "namespace": "n" * 513},
+     RejectionKind.STRING_TOO_LONG),
+    ("job.submitted", {"pipeline": "p", "logic_version": "v" * 1024, "dag_run_id": "d" * 1024},
+     {"pipeline": "p", "logic_version": "v", "dag_run_id": "d" * 1025},
+     RejectionKind.STRING_TOO_LONG),
+    ("job.submitted", {"pipeline": "p", "logic_version": "v" * 1024},
+     {"pipeline": "p", "logic_version": "v" * 1025}, RejectionKind.STRING_TOO_LONG),
+    ("step.started", {"step_name": "s" * 512, "handler_type": "h" * 512, "action": "a" * 512},
+     {"step_name": "s", "handler_type": "h", "action": "a" * 513},
+     RejectionKind.STRING_TOO_LONG),
+    ("step.skipped", {"step_name": "s" * 512}, {"step_name": "s" * 513},
+     RejectionKind.STRING_TOO_LONG),
+    ("step.succeeded", {"outputs": [{"ref_type": "r" * 64, "location": "l" * 4096,
+                                     "format": "f" * 64}]},
+     {"outputs": [{"ref_type": "r" * 65, "location": "l"}]}, RejectionKind.STRING_TOO_LONG),
+    ("step.succeeded", {"outputs": [{"ref_type": "r", "location": "l", "format": "f" * 64}]},
+     {"outputs": [{"ref_type": "r", "location": "l", "format": "f" * 65}]},
+     RejectionKind.STRING_TOO_LONG),
+    ("step.succeeded", {"inputs": [{"ref_type": "r", "location": "l" * 4096}]},
+     {"inputs": [{"ref_type": "r", "location": "l" * 4097}]}, RejectionKind.STRING_TOO_LONG),
+    ("step.succeeded", {"inputs": [_REF] * 10_000, "outputs": [_REF] * 10_000},
+     {"outputs": [_REF] * 10_001}, RejectionKind.TOO_MANY_ITEMS),
+    ("step.submitted", {"step_name": "s", "handler_type": "h", "action": "a",
+                        "inputs": [_REF] * 10_000},
+     {"step_name": "s", "handler_type": "h", "action": "a", "inputs": [_REF] * 10_001},
+     RejectionKind.TOO_MANY_ITEMS),
+    ("step.failed", {"error": "e", "executions": [RUN] * 1000},
+     {"error": "e", "executions": [RUN] * 1001}, RejectionKind.TOO_MANY_ITEMS),
+    ("job.started", {"metadata": {str(i): i for i in range(1000)}},
+     {"metadata": {str(i): i for i in range(1001)}}, RejectionKind.TOO_MANY_KEYS),
+    ("step.succeeded", {"metadata": {str(i): i for i in range(1000)}},
+     {"metadata": {str(i): i for i in range(1001)}}, RejectionKind.TOO_MANY_KEYS),
+    ("job.failed", {"error": "x" * 500_000}, None, None),  # error: no limit but the size
+]
+
+
+@pytest.mark.parametrize(("kind", "at", "over", "rejected"), LIMITS,
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_per_event_limits_hold_on_both_paths(kind: str, at: dict[str, Any],
+                                              over: dict[str, Any] | None,
+                                              rejected: RejectionKind | None) -> None:
+    at_limit = json.dumps({**_valid(kind), "data": at}).encode()
+    assert wire.decode(at_limit) == _models_say(at_limit) == validate(at_limit)
+    if over is None:
+        return
+    over_limit = json.dumps({**_valid(kind), "data": over}).encode()
+    with pytest.raises(msgspec.ValidationError):
+        wire.decode(over_limit)
+    assert _models_say(over_limit) is None
+    result = validate(over_limit)
+    assert isinstance(result, Rejection)
+    assert result.kind is rejected, result.message
+    assert "at most" in result.message or "more than" in result.message
+
+
+def test_the_json_schema_states_the_limits() -> None:
+    text = json.dumps(events.json_schema())
+    for limit in ('"maxLength": 512', '"maxLength": 1024', '"maxLength": 64',
+                  '"maxLength": 4096', '"maxItems": 10000', '"maxItems": 1000',
+                  '"maxProperties": 1000'):
+        assert limit in text, limit
+
+
+@pytest.mark.parametrize("changes", [
+    {"event_type": "x" * 1_000_000},
+    {"schema_version": "9" * 900_000},
+    {"schema_version": {"k" * 500_000: ["v" * 400_000]}},
+])
+def test_a_rejection_quotes_the_input_but_never_copies_it(changes: dict[str, Any]) -> None:
+    value = _message(**changes)
+    result = validate(value, max_bytes=2 * len(value))
+    assert isinstance(result, Rejection)
+    assert len(result.message) < 400, result.message
+
+
+def test_an_integer_too_long_to_print_is_rejected_not_raised() -> None:
+    value = _message().replace(b'"schema_version":1', b'"schema_version":' + b"9" * 5000)
+    result = validate(value)
+    assert isinstance(result, Rejection)
+    assert len(result.message) < 400

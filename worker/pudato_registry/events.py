@@ -31,8 +31,27 @@ from typing_extensions import TypedDict
 SCHEMA_VERSION = 1
 INT32_MAX = 2**31 - 1  # duration_ms is an INTEGER column
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+# --- limits (docs/events-v1.md, "Limits"): no single event may cost more than its share.
+# Per event: an event over one of these is invalid. Lengths count characters.
+ID_MAX_CHARS = 200
+NAME_MAX_CHARS = 512  # indexed or listed columns: 512 x 4 bytes stays under btree's 2,704
+VERSION_MAX_CHARS = 1024  # logic_version, dag_run_id
+REF_TYPE_MAX_CHARS = 64  # a reference's ref_type and format
+LOCATION_MAX_CHARS = 4096
+REFERENCES_MAX = 10_000  # inputs, outputs of one event, each
+EXECUTIONS_MAX = 1_000
+METADATA_KEYS_MAX = 1_000
+# Per entity (one job_id, one step_id): enforced by the fold, kind ``entity_limit``.
+ENTITY_EVENTS_MAX = 1_000
+ENTITY_REFERENCES_MAX = 10_000  # per list
+ENTITY_EXECUTIONS_MAX = 1_000
+ENTITY_METADATA_KEYS_MAX = 1_000
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_CHARS)]
+Name = Annotated[str, StringConstraints(max_length=NAME_MAX_CHARS)]
+Version = Annotated[str, StringConstraints(max_length=VERSION_MAX_CHARS)]
 JsonObject: TypeAlias = dict[str, Any]
+Metadata = Annotated[JsonObject, Field(max_length=METADATA_KEYS_MAX)]
 
 
 # RFC 3339 with an offset, as msgspec reads it: the one reading of a timestamp,
@@ -85,9 +104,9 @@ class _Strict(BaseModel):
 class DataReference(TypedDict):
     """A dataset a step read or wrote, identified by (``ref_type``, ``location``)."""
 
-    ref_type: str
-    location: str
-    format: NotRequired[str | None]
+    ref_type: Annotated[str, StringConstraints(max_length=REF_TYPE_MAX_CHARS)]
+    location: Annotated[str, StringConstraints(max_length=LOCATION_MAX_CHARS)]
+    format: NotRequired[Annotated[str, StringConstraints(max_length=REF_TYPE_MAX_CHARS)] | None]
     metadata: NotRequired[JsonObject]
 
 
@@ -99,23 +118,27 @@ class ExecutionRecord(TypedDict):
     details: NotRequired[JsonObject]
 
 
+References = Annotated[list[DataReference], Field(max_length=REFERENCES_MAX)]
+Executions = Annotated[list[ExecutionRecord], Field(max_length=EXECUTIONS_MAX)]
+
+
 # --- data of each event type -------------------------------------------------
 
 
 class _Data(_Strict):
-    metadata: JsonObject | None = None
+    metadata: Metadata | None = None
 
 
 class JobSubmittedData(_Data):
     """``job.submitted``: what the run is."""
 
-    pipeline: str
-    logic_version: str
-    environment: str | None = None
-    namespace: str | None = None
+    pipeline: Name
+    logic_version: Version
+    environment: Name | None = None
+    namespace: Name | None = None
     request: JsonObject | None = None
     parameters: JsonObject | None = None
-    dag_run_id: str | None = None
+    dag_run_id: Version | None = None
 
 
 class JobData(_Data):
@@ -135,24 +158,24 @@ class JobCancelledData(_Data):
 
 
 class _StepIdentity(_Data):
-    step_name: str | None = None
-    handler_type: str | None = None
-    action: str | None = None
+    step_name: Name | None = None
+    handler_type: Name | None = None
+    action: Name | None = None
 
 
 class StepStartData(_StepIdentity):
     """``step.submitted`` / ``step.started``: the step's identity is required."""
 
-    step_name: str
-    handler_type: str
-    action: str
-    inputs: list[DataReference] | None = None
+    step_name: Name
+    handler_type: Name
+    action: Name
+    inputs: References | None = None
 
 
 class _StepResult(_StepIdentity):
-    inputs: list[DataReference] | None = None
-    outputs: list[DataReference] | None = None
-    executions: list[ExecutionRecord] | None = None
+    inputs: References | None = None
+    outputs: References | None = None
+    executions: Executions | None = None
     duration_ms: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
 
 

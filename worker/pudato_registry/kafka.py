@@ -7,6 +7,7 @@ caller polls, produces or asks the admin client something.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -23,11 +24,24 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from pudato_registry.settings import Settings
 
 INFINITE_RETENTION = {"retention.ms": "-1"}
+# A letter carries its original value plus headers: the dead-letter topic
+# takes this much more than the event limit (docs: "A dead letter always fits").
+DLQ_HEADROOM = 64 * 1024
+ERROR_HEADER_MAX_BYTES = 1024
+# What the broker takes when a topic says nothing (message.max.bytes' default).
+BROKER_DEFAULT_MAX_BYTES = 1_048_588
+# Record batch and record framing around key, value and headers, generously.
+_FRAMING_BYTES = 1024
 
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -76,6 +90,7 @@ class TopicMissingError(RuntimeError):
 
 # librdkafka's own log lines go through Python logging, not straight to stderr.
 CLIENT_LOG = logging.getLogger("pudato_registry.kafka.client")
+log = logging.getLogger(__name__)
 
 
 def _base(settings: Settings) -> dict[str, Any]:
@@ -158,18 +173,26 @@ def topic_exists(admin: AdminClient, topic: str, timeout: float = 10.0) -> bool:
     return found is not None and found.error is None
 
 
+def topic_config(settings: Settings) -> dict[str, str]:
+    """The config of the topics ``topics create`` makes: kept forever, room for a full letter."""
+    return {**INFINITE_RETENTION,
+            "max.message.bytes": str(settings.max_message_bytes + DLQ_HEADROOM)}
+
+
 def create_topics(settings: Settings, *, partitions: int | None = None,
                   timeout: float = 30.0) -> list[str]:
     """Create the event topic (infinite retention) and the dead-letter topic if missing.
 
-    Returns the names created now; existing topics are left as they are.
+    Both take ``max_message_bytes`` plus 64 KiB, so that a letter carrying a
+    value of the event limit fits whole. Returns the names created now;
+    existing topics are left as they are.
     """
     admin = make_admin(settings)
     count = partitions or settings.partitions
+    config = topic_config(settings)
     wanted = [
-        NewTopic(settings.topic, count, settings.replication_factor, config=INFINITE_RETENTION),
-        NewTopic(settings.dlq_topic, count, settings.replication_factor,
-                 config=INFINITE_RETENTION),
+        NewTopic(settings.topic, count, settings.replication_factor, config=config),
+        NewTopic(settings.dlq_topic, count, settings.replication_factor, config=config),
     ]
     created = []
     for topic, future in admin.create_topics(wanted, request_timeout=timeout).items():
@@ -188,27 +211,92 @@ def create_topics(settings: Settings, *, partitions: int | None = None,
     return created
 
 
+def require_topics(settings: Settings, *topics: str) -> None:
+    """Raise :class:`TopicMissingError` naming each of ``topics`` that does not exist."""
+    admin = make_admin(settings)
+    missing = [topic for topic in topics if not topic_exists(admin, topic)]
+    if missing:
+        names = " and ".join(repr(t) for t in missing)
+        raise TopicMissingError(
+            f"topic {names} {'does' if len(missing) == 1 else 'do'} not exist on "
+            f"{settings.bootstrap_servers}; create {'it' if len(missing) == 1 else 'them'} "
+            "with `pudato-registry topics create` or start the worker with --create-topics"
+        )
+
+
 def require_topic(settings: Settings) -> None:
     """Raise :class:`TopicMissingError` unless the event topic exists."""
-    if not topic_exists(make_admin(settings), settings.topic):
-        raise TopicMissingError(
-            f"topic {settings.topic!r} does not exist on {settings.bootstrap_servers}; "
-            "create it with `pudato-registry topics create` or start the worker with "
-            "--create-topics"
-        )
+    require_topics(settings, settings.topic)
+
+
+def max_message_bytes(settings: Settings, topic: str, timeout: float = 10.0) -> int:
+    """The most a message of ``topic`` may take: its ``max.message.bytes``, as the broker says.
+
+    Where the broker will not say (no DescribeConfigs permission), its default.
+    """
+    admin = make_admin(settings)
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        described = admin.describe_configs([resource], request_timeout=timeout)[resource]
+        entry = described.result(timeout)["max.message.bytes"]
+        return int(entry.value)
+    except (KafkaException, KeyError, ValueError) as exc:
+        log.warning("cannot read max.message.bytes of topic %s (%s); assuming the broker "
+                    "default, %d", topic, exc, BROKER_DEFAULT_MAX_BYTES)
+        return BROKER_DEFAULT_MAX_BYTES
+
+
+def cap_utf8(text: str, max_bytes: int, marker: str = "…") -> str:
+    """``text`` cut at a character boundary to at most ``max_bytes`` in UTF-8, marked where cut."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= max_bytes:
+        return text
+    room = max_bytes - len(marker.encode())
+    return encoded[:room].decode("utf-8", "ignore") + marker
 
 
 def dead_letter_headers(message: Message, kind: str, error: str,
                         now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Headers:
     """The headers a dead letter carries: why it was rejected and where it came from."""
     return [
-        ("error", error.encode()),
+        ("error", cap_utf8(error, ERROR_HEADER_MAX_BYTES).encode()),
         ("error.kind", kind.encode()),
         ("source.topic", (message.topic() or "").encode()),
         ("source.partition", str(message.partition()).encode()),
         ("source.offset", str(message.offset()).encode()),
         ("dead_lettered_at", now().isoformat(timespec="microseconds").encode()),
     ]
+
+
+def dead_letter(message: Message, kind: str, error: str, max_bytes: int) -> Outgoing:
+    """The letter for ``message``: its key, value and why, cut so that it fits in ``max_bytes``.
+
+    A letter too large carries the longest prefix of the value that fits and
+    says so: ``value.truncated``, ``value.size`` and ``value.sha256`` of the
+    original, which the event topic keeps (``source.*`` lead to it). A key
+    too large for the letter is cut the same way (``key.*``).
+    """
+    key, value = message.key(), message.value()
+    headers = dead_letter_headers(message, kind, error)
+    budget = max_bytes - _FRAMING_BYTES
+    if key is not None and len(key) + len(value or b"") + _size(headers) > budget \
+            and len(key) > budget // 4:
+        headers += _cut_headers("key", key)
+        key = key[:budget // 4]
+    room = budget - len(key or b"") - _size(headers)
+    if value is not None and len(value) > room:
+        headers += _cut_headers("value", value)
+        value = value[:max(0, room - _size(headers[-3:]))]
+    return key, value, headers
+
+
+def _cut_headers(what: str, original: bytes) -> Headers:
+    return [(f"{what}.truncated", b"true"), (f"{what}.size", str(len(original)).encode()),
+            (f"{what}.sha256", hashlib.sha256(original).hexdigest().encode())]
+
+
+def _size(headers: Headers) -> int:
+    return sum(len(name) + len(value or b"") + 16 for name, value in headers)
 
 
 def headers_dict(headers: Headers | Mapping[str, str | bytes | None] | None) -> dict[str, str]:

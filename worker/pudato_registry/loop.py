@@ -23,11 +23,21 @@ a reader can tell repeats apart.
 
 What a retry repeats: a transient failure (connection lost, server restart,
 serialization failure, deadlock, broker transport error) re-runs the whole
-step, with exponential backoff and jitter, up to ``retry_timeout_s``: a
-rolled-back transaction re-reads the states and re-folds, and dead letters
-are sent again. Consumption pauses meanwhile: the loop folds at most one
-batch ahead of the writer, then waits for it.
-A permanent failure (missing table, retries exhausted) raises
+step, with exponential backoff and jitter: a rolled-back transaction
+re-reads the states and re-folds, and dead letters are sent again. All the
+retries of one batch (its dead letters, its reads, its write) share one
+deadline, ``retry_timeout_s`` after it was consumed, which the consumer's
+``max.poll.interval.ms`` outlasts: a long outage stops the worker with a
+clear error, never gets it evicted from the group mid-retry. Consumption
+pauses meanwhile: the loop folds at most one batch ahead of the writer.
+
+No single event stops the worker (docs/events-v1.md, "Limits"): an invalid
+one is dead-lettered before the fold; one that would take an entity past a
+limit is refused by the fold (``entity_limit``); one PostgreSQL refuses for
+its data (SQLSTATE classes 22, 23, 54) is isolated by applying the batch in
+halves until it stands alone (``unstorable``). Each is dead-lettered before
+its offset is stored. A permanent failure that would refuse every event
+alike (missing table or privilege, retries exhausted) raises
 :class:`FatalError` with nothing stored past the last committed batch.
 """
 
@@ -51,8 +61,8 @@ from pudato_registry import kafka
 from pudato_registry.metrics import Metrics
 from pudato_registry.projection import JobState, Projection, StepState
 from pudato_registry.settings import Settings
-from pudato_registry.store import States, Store, Writes, is_transient
-from pudato_registry.validate import Rejection, validate
+from pudato_registry.store import Failure, States, Store, Writes, classify, describe
+from pudato_registry.validate import Rejection, RejectionKind, validate
 from pudato_registry.wire import Event
 
 log = logging.getLogger(__name__)
@@ -62,6 +72,14 @@ Partition = tuple[str, int]
 
 class FatalError(RuntimeError):
     """The worker cannot go on: a permanent failure, or a transient one that outlasted retries."""
+
+
+class UnstorableError(FatalError):
+    """PostgreSQL refused a write for the data in it: some event's fault, not the database's."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(f"{operation}: {reason}")
+        self.reason = reason
 
 
 def tune_interpreter() -> None:
@@ -78,26 +96,51 @@ def tune_interpreter() -> None:
     sys.setswitchinterval(0.001)
 
 
+# A message that is dead-lettered: why (kind, reason).
+Letter = tuple[Message, RejectionKind, str]
+
+
 @dataclass
 class Batch:
     """One consume() worth of messages, split by validation."""
 
+    # Every retry this batch needs (dead letters, reads, its write) ends by then.
+    deadline: float
     events: list[Event] = field(default_factory=list)
-    rejections: list[tuple[Message, Rejection]] = field(default_factory=list)
+    sources: list[Message] = field(default_factory=list)  # the message of each event
+    rejections: list[Letter] = field(default_factory=list)
     next_offsets: dict[Partition, int] = field(default_factory=dict)
     consumed: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What folding events into saved states gives: the writes, and what it did with each event."""
+
+    writes: Writes
+    new: int  # events applied (the others were duplicates or refused)
+    refused: list[tuple[Event, str]]  # refused for an entity limit, with the reason
 
 
 @dataclass(frozen=True)
 class _Planned:
     """A batch folded ahead of its transaction, and the states it was folded from."""
 
-    events: list[Event]
+    batch: Batch
     job_ids: list[str]
     step_ids: list[str]
     base: States
-    writes: Writes
-    new: int
+    plan: Plan
+
+
+@dataclass
+class Isolated:
+    """Events applied in parts around the ones PostgreSQL refused: see :func:`isolate`."""
+
+    new: int = 0
+    refused: list[tuple[Event, str]] = field(default_factory=list)
+    unstorable: list[tuple[Event, str]] = field(default_factory=list)
+    transactions: int = 0
 
 
 @dataclass
@@ -112,9 +155,8 @@ class Stats:
     busy_seconds: float = 0.0  # validating, folding, writing: the time not spent waiting
 
 
-def plan_writes(events: Sequence[Event], states: States, *,
-                rewrite: bool = False) -> tuple[Writes, int]:
-    """Fold ``events`` into the saved ``states``: the writes, and how many events were new.
+def plan_writes(events: Sequence[Event], states: States, *, rewrite: bool = False) -> Plan:
+    """Fold ``events`` into the saved ``states``: the writes, how many were new, which refused.
 
     With ``rewrite``, every entity the events name gets its row written from
     its state even if no event was new: selective replay repairs rows so.
@@ -134,7 +176,7 @@ def plan_writes(events: Sequence[Event], states: States, *,
         job_states=[(i, projection.jobs[i].dump()) for i in sorted(projection.changed_jobs)],
         step_states=[(i, projection.steps[i].dump()) for i in sorted(projection.changed_steps)],
     )
-    return writes, new
+    return Plan(writes, new, projection.refused)
 
 
 def entity_ids(events: Sequence[Event]) -> tuple[list[str], list[str]]:
@@ -143,43 +185,84 @@ def entity_ids(events: Sequence[Event]) -> tuple[list[str], list[str]]:
             sorted({e.step_id for e in events if e.step_id is not None}))
 
 
-def apply_events(store: Store, events: Sequence[Event], *, rewrite: bool = False) -> int:
+def apply_events(store: Store, events: Sequence[Event], *, rewrite: bool = False) -> Plan:
     """Fold ``events`` into the states they touch and write the result, in one transaction."""
     job_ids, step_ids = entity_ids(events)
-    new = 0
+    plan: Plan | None = None
 
     def compute(states: States) -> Writes:
-        nonlocal new  # the last attempt's count is the one that committed
-        writes, new = plan_writes(events, states, rewrite=rewrite)
-        return writes
+        nonlocal plan  # the last attempt's plan is the one that committed
+        plan = plan_writes(events, states, rewrite=rewrite)
+        return plan.writes
 
     store.apply(job_ids, step_ids, compute)
-    return new
+    assert plan is not None
+    return plan
+
+
+def isolate(apply: Callable[[Sequence[Event]], Plan], events: Sequence[Event]) -> Isolated:
+    """Apply ``events`` in ever smaller parts until each one PostgreSQL refuses stands alone.
+
+    ``apply`` writes some events in one transaction, or raises
+    :class:`UnstorableError`; then the part is split in halves, each applied
+    on its own. An event refused alone is unstorable; every other event is
+    applied. Each part folds into the states its predecessors committed, so
+    the rows are those of the events applied, whatever the split (the fold
+    does not depend on order). One bad event among n costs about 2 log2(n)
+    transactions.
+    """
+    result = Isolated()
+    parts: list[Sequence[Event]] = [events]
+    while parts:
+        part = parts.pop()
+        result.transactions += 1
+        try:
+            plan = apply(part)
+        except UnstorableError as exc:
+            if len(part) == 1:
+                result.unstorable.append((part[0], exc.reason))
+            else:  # the second half goes on the stack first, so the first is tried first
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]
+            continue
+        result.new += plan.new
+        result.refused += plan.refused
+    return result
 
 
 def with_retries(settings: Settings, operation: str, fn: Callable[..., T], *args: Any,
-                 on_retry: Callable[[], None] = lambda: None) -> T:
+                 on_retry: Callable[[], None] = lambda: None,
+                 deadline: float | None = None) -> T:
     """Run ``fn``, retrying transient failures with capped, jittered exponential backoff.
 
-    Raises :class:`FatalError` on a permanent failure, or when transient ones
-    outlast ``settings.retry_timeout_s``.
+    Retries end at ``deadline`` (a ``time.monotonic()`` value; by default
+    ``settings.retry_timeout_s`` from now): no backoff sleeps past it. Raises
+    :class:`UnstorableError` when PostgreSQL refuses the data written,
+    :class:`FatalError` on any other permanent failure, or when transient
+    ones outlast the deadline.
     """
+    ends = time.monotonic() + settings.retry_timeout_s if deadline is None else deadline
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         on_retry()
         exc = state.outcome.exception() if state.outcome else None
         log.warning("%s failed (attempt %d), retrying: %s", operation, state.attempt_number, exc)
 
+    def out_of_time(state: tenacity.RetryCallState) -> bool:
+        return time.monotonic() + state.upcoming_sleep >= ends
+
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_transient),
         wait=tenacity.wait_random_exponential(multiplier=0.05, max=settings.retry_max_backoff_s),
-        stop=tenacity.stop_after_delay(settings.retry_timeout_s),
+        stop=out_of_time,
         before_sleep=before_sleep,
         reraise=True,
     )
     try:
         return retrying(fn, *args)
     except Exception as exc:
+        if classify(exc) is Failure.DATA:
+            raise UnstorableError(operation, describe(exc)) from exc
         kind = "still failing after retries" if _transient(exc) else "permanent failure"
         raise FatalError(f"{operation}: {kind}: {exc}") from exc
 
@@ -190,7 +273,16 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, KafkaException):
         error = exc.args[0]
         return bool(error.retriable()) and not error.fatal()
-    return is_transient(exc)
+    return classify(exc) is Failure.TRANSIENT
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What the writer thread did with a batch: applied, committed at, dead-lettered."""
+
+    new: int
+    committed_at: float
+    letters: list[Letter]
 
 
 class Worker:
@@ -211,9 +303,11 @@ class Worker:
         self._lag_due = 0.0
         self._consume_errors: set[int] = set()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
-        self._inflight: tuple[Batch, Future[tuple[int, float]], float] | None = None
+        self._inflight: tuple[Batch, Future[_Written], float] | None = None
         self._written = States(jobs={}, steps={})  # the states the in-flight batch writes
+        self._letter_max_bytes = kafka.BROKER_DEFAULT_MAX_BYTES  # learnt at start
         self.refolds = 0  # batches whose states changed under them (another worker)
+        self.isolations = 0  # batches split to isolate events PostgreSQL refused
 
     def request_stop(self) -> None:
         """Ask the loop to finish its batch, commit and return (signal handlers call this)."""
@@ -224,14 +318,7 @@ class Worker:
     def run(self, *, drain: bool = False) -> None:
         """Consume until stopped, or with ``drain`` until every assigned partition is caught up."""
         try:
-            kafka.require_topic(self.settings)
-            self._retry("connect", self.store.ping)
-            tune_interpreter()
-            self.consumer.subscribe([self.settings.topic], on_assign=self._on_assign,
-                                    on_revoke=self._on_revoke, on_lost=self._on_lost)
-            self.metrics.set_ready(True)
-            log.info("worker consuming %s as group %s", self.settings.topic,
-                     self.settings.group_id)
+            self._start()
             while not self._stop.is_set():
                 messages = self.consumer.consume(self.settings.batch_size,
                                                  self.settings.batch_timeout_s)
@@ -252,8 +339,21 @@ class Worker:
             self.metrics.set_ready(False)
             self._close()
 
+    def _start(self) -> None:
+        settings = self.settings
+        kafka.require_topics(settings, settings.topic, settings.dlq_topic)
+        # A letter must fit what both the topic and our producer take.
+        self._letter_max_bytes = min(kafka.max_message_bytes(settings, settings.dlq_topic),
+                                     int(kafka.producer_config(settings)["message.max.bytes"]))
+        self._retry("connect", self.store.ping)
+        tune_interpreter()
+        self.consumer.subscribe([settings.topic], on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.metrics.set_ready(True)
+        log.info("worker consuming %s as group %s", settings.topic, settings.group_id)
+
     def _collect(self, messages: list[Message]) -> Batch:
-        batch = Batch()
+        batch = Batch(deadline=time.monotonic() + self.settings.retry_timeout_s)
         max_bytes = self.settings.max_message_bytes
         for message in messages:
             error = message.error()
@@ -266,9 +366,10 @@ class Worker:
             batch.next_offsets[where] = cast(int, message.offset()) + 1
             result = validate(message.value(), max_bytes)
             if isinstance(result, Rejection):
-                batch.rejections.append((message, result))
+                batch.rejections.append((message, result.kind, result.message))
             else:
                 batch.events.append(result)
+                batch.sources.append(message)
         return batch
 
     def _on_consume_error(self, error: KafkaError, where: Partition) -> None:
@@ -284,7 +385,8 @@ class Worker:
 
     def _process(self, batch: Batch, started: float) -> None:
         if batch.rejections:
-            self._retry("dead_letter", self._dead_letter, batch.rejections)
+            self._retry("dead_letter", self._dead_letter, batch.rejections,
+                        deadline=batch.deadline)
         if not batch.events:
             self._settle()
             self._acknowledge(batch, 0, time.time(), time.perf_counter() - started)
@@ -296,25 +398,49 @@ class Worker:
         stored = self._retry(
             "read", self.store.read_states,
             [i for i in job_ids if i not in written.jobs],
-            [i for i in step_ids if i not in written.steps])
+            [i for i in step_ids if i not in written.steps], deadline=batch.deadline)
         base = States(
             jobs={**{i: written.jobs[i] for i in job_ids if i in written.jobs}, **stored.jobs},
             steps={**{i: written.steps[i] for i in step_ids if i in written.steps},
                    **stored.steps},
         )
-        writes, new = plan_writes(batch.events, base)
+        plan = plan_writes(batch.events, base)
         self._settle()
-        self._written = States(jobs=dict(writes.job_states), steps=dict(writes.step_states))
-        planned = _Planned(batch.events, job_ids, step_ids, base, writes, new)
+        self._written = States(jobs=dict(plan.writes.job_states),
+                               steps=dict(plan.writes.step_states))
+        planned = _Planned(batch, job_ids, step_ids, base, plan)
         self._inflight = (batch, self._writer.submit(self._write, planned),
                           time.perf_counter() - started)
 
-    def _write(self, planned: _Planned) -> tuple[int, float]:
-        """In the writer thread: commit ``planned``, retrying transient failures."""
+    def _write(self, planned: _Planned) -> _Written:
+        """In the writer thread: commit ``planned``, then dead-letter what the write refused."""
+        batch = planned.batch
         attempts = itertools.count()
-        return self._retry("apply", lambda: self._commit(planned, recheck=next(attempts) > 0))
+        try:
+            plan = self._retry("apply", lambda: self._commit(planned,
+                                                             recheck=next(attempts) > 0),
+                               deadline=batch.deadline)
+            refused, unstorable, new = plan.refused, [], plan.new
+        except UnstorableError as exc:
+            log.warning("PostgreSQL refused a batch of %d events for the data of some (%s); "
+                        "isolating them", len(batch.events), exc.reason)
+            self.isolations += 1
+            isolated = isolate(lambda part: self._retry(
+                "apply", apply_events, self.store, part, deadline=batch.deadline), batch.events)
+            refused, unstorable, new = isolated.refused, isolated.unstorable, isolated.new
+        committed_at = time.time()
+        letters: list[Letter] = []
+        if refused or unstorable:
+            source = {id(event): message for event, message in zip(batch.events, batch.sources,
+                                                                    strict=True)}
+            letters = [(source[id(event)], RejectionKind.ENTITY_LIMIT, reason)
+                       for event, reason in refused]
+            letters += [(source[id(event)], RejectionKind.UNSTORABLE, reason)
+                        for event, reason in unstorable]
+            self._retry("dead_letter", self._dead_letter, letters, deadline=batch.deadline)
+        return _Written(new, committed_at, letters)
 
-    def _commit(self, planned: _Planned, *, recheck: bool = True) -> tuple[int, float]:
+    def _commit(self, planned: _Planned, *, recheck: bool = True) -> Plan:
         """One transaction; fold again if the states moved meanwhile.
 
         The first attempt reads back only the states the fold started from: an
@@ -322,22 +448,22 @@ class Worker:
         since, its primary key fails (23505, transient). ``recheck`` reads
         every entity's state, as a retry does.
         """
-        applied = planned.new
+        plan = planned.plan
         job_ids, step_ids = planned.job_ids, planned.step_ids
         if not recheck:
             job_ids = [i for i in job_ids if i in planned.base.jobs]
             step_ids = [i for i in step_ids if i in planned.base.steps]
 
         def compute(current: States) -> Writes:
-            nonlocal applied
+            nonlocal plan
             if current == planned.base:
-                return planned.writes
+                return planned.plan.writes
             self.refolds += 1
-            writes, applied = plan_writes(planned.events, current)
-            return writes
+            plan = plan_writes(planned.batch.events, current)
+            return plan.writes
 
         self.store.apply(job_ids, step_ids, compute)
-        return applied, time.time()
+        return plan
 
     def _settle(self) -> None:
         """Wait for the batch in flight to commit, then store its offsets."""
@@ -347,11 +473,13 @@ class Worker:
         self._inflight = None
         started = time.perf_counter()
         try:
-            new, committed_at = future.result()
+            written = future.result()
         except BaseException:
             self._written = States(jobs={}, steps={})
             raise
-        self._acknowledge(batch, new, committed_at, seconds + time.perf_counter() - started)
+        batch.rejections += written.letters
+        self._acknowledge(batch, written.new, written.committed_at,
+                          seconds + time.perf_counter() - started)
 
     def _acknowledge(self, batch: Batch, new: int, committed_at: float, seconds: float) -> None:
         # Durable before acknowledged: only now may the offsets be committed.
@@ -367,17 +495,20 @@ class Worker:
 
     def _account(self, batch: Batch, new: int, committed_at: float, seconds: float) -> None:
         m, s = self.metrics, self.stats
+        valid = len(batch.events)
+        refused = sum(1 for _m, kind, _r in batch.rejections
+                      if kind in (RejectionKind.ENTITY_LIMIT, RejectionKind.UNSTORABLE))
         s.consumed += batch.consumed
         s.applied += new
-        s.duplicates += len(batch.events) - new
+        s.duplicates += valid - new - refused
         s.dead_lettered += len(batch.rejections)
         s.batches += 1
         s.busy_seconds += seconds
         m.consumed.inc(batch.consumed)
         m.applied.inc(new)
-        m.duplicates.inc(len(batch.events) - new)
-        for _message, rejection in batch.rejections:
-            m.dead_lettered.labels(rejection.kind.value).inc()
+        m.duplicates.inc(valid - new - refused)
+        for _message, kind, _reason in batch.rejections:
+            m.dead_lettered.labels(kind.value).inc()
         m.batches.inc()
         m.batch_seconds.observe(seconds)
         m.event_to_row.observe_many(committed_at - e.occurred_at.timestamp() for e in batch.events)
@@ -385,22 +516,26 @@ class Worker:
 
     # --- the two side effects ----------------------------------------------------
 
-    def _dead_letter(self, rejections: Sequence[tuple[Message, Rejection]]) -> None:
+    def _dead_letter(self, letters: Sequence[Letter]) -> None:
+        max_bytes = self._letter_max_bytes
         kafka.deliver(self.producer, self.settings.dlq_topic, (
-            (message.key(), message.value(),
-             kafka.dead_letter_headers(message, rejection.kind.value, rejection.message))
-            for message, rejection in rejections
+            kafka.dead_letter(message, kind.value, reason, max_bytes)
+            for message, kind, reason in letters
         ), max(self.settings.retry_max_backoff_s, 10.0))
-        for message, rejection in rejections:
+        for message, kind, reason in letters:
+            # One line each, however large the message: the reason is capped as in the letter.
             log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic(), message.partition(),
-                        message.offset(), rejection.kind.value, rejection.message)
+                        message.offset(), kind.value,
+                        kafka.cap_utf8(reason, kafka.ERROR_HEADER_MAX_BYTES))
 
-    def _retry(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
+    def _retry(self, operation: str, fn: Callable[..., T], *args: Any,
+               deadline: float | None = None) -> T:
         def on_retry() -> None:
             self.metrics.retries.labels(operation).inc()
             self.metrics.set_ready(False)
 
-        return with_retries(self.settings, operation, fn, *args, on_retry=on_retry)
+        return with_retries(self.settings, operation, fn, *args, on_retry=on_retry,
+                            deadline=deadline)
 
     # --- group membership -----------------------------------------------------------
 

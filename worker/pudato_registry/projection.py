@@ -42,7 +42,16 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from pudato_registry.events import INT32_MAX, RANK, STATUS_OF, TERMINAL
+from pudato_registry.events import (
+    ENTITY_EVENTS_MAX,
+    ENTITY_EXECUTIONS_MAX,
+    ENTITY_METADATA_KEYS_MAX,
+    ENTITY_REFERENCES_MAX,
+    INT32_MAX,
+    RANK,
+    STATUS_OF,
+    TERMINAL,
+)
 from pudato_registry.wire import DataReference, Event, ExecutionRecord, JobSubmitted, StepEvent
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -221,6 +230,14 @@ def _registers_in(registers: dict[str, list[Any]], ids: list[str]) -> dict[str, 
     return {name: _in(held, ids) for name, held in registers.items()}
 
 
+def _over(held: dict[Any, Any], incoming: Iterable[Any], limit: int) -> bool:
+    """Whether adding the ``incoming`` keys to ``held`` would leave more than ``limit`` keys."""
+    room = limit - len(held)
+    if isinstance(incoming, list | dict) and len(incoming) <= room:
+        return False  # even if every one were new: the common case, decided at once
+    return len(set(incoming).difference(held)) > room
+
+
 def _min(current: int | None, candidate: int) -> int:
     return candidate if current is None or candidate < current else current
 
@@ -248,6 +265,14 @@ class _Entity:
             self.started_at = stamp[0]
         if event.data.metadata:
             _merge_metadata(self.metadata, stamp, event.data.metadata)
+
+    def _refusal(self, what: str, metadata: dict[str, Any] | None) -> str | None:
+        """Why one more event would take this entity past a limit of its own, if it would."""
+        if len(self.seen) >= ENTITY_EVENTS_MAX:
+            return f"{what} already has {ENTITY_EVENTS_MAX} events, the most one entity may have"
+        if metadata and _over(self.metadata, metadata, ENTITY_METADATA_KEYS_MAX):
+            return f"{what} would have more than {ENTITY_METADATA_KEYS_MAX} metadata keys"
+        return None
 
     def _status(self) -> tuple[str, int | None, str | None]:
         """(status, completed_at in µs, error) from the winning event (rules 1, 3, 4)."""
@@ -288,6 +313,10 @@ class JobState(_Entity):
             for name in JOB_SCALARS:
                 _merge_scalar(self.scalars, name, stamp, getattr(data, name))
         return True
+
+    def refusal(self, event: Event) -> str | None:
+        """Why applying ``event`` would take the job past an entity limit (docs: Limits)."""
+        return self._refusal(f"job {event.job_id!r}", event.data.metadata)
 
     def named_at(self, occurred_micros: int) -> None:
         """An event naming this job occurred then: it counts for ``created_at`` (rule 10)."""
@@ -373,6 +402,31 @@ class StepState(_Entity):
             if data.executions:  # type: ignore[union-attr]
                 _merge_executions(self.executions, stamp, data.executions)  # type: ignore[union-attr]
         return True
+
+    def refusal(self, event: StepEvent) -> str | None:
+        """Why applying ``event`` would take the step past an entity limit (docs: Limits)."""
+        what = f"step {event.step_id!r}"
+        reason = self._refusal(what, event.data.metadata)
+        if reason is not None:
+            return reason
+        kind = _KINDS[event.event_type]
+        data = event.data
+        lists = []
+        if kind.inputs and data.inputs:  # type: ignore[union-attr]
+            lists.append(("inputs", self.inputs, data.inputs))  # type: ignore[union-attr]
+        if kind.result and data.outputs:  # type: ignore[union-attr]
+            lists.append(("outputs", self.outputs, data.outputs))  # type: ignore[union-attr]
+        for name, held, refs in lists:
+            if len(held) + len(refs) > ENTITY_REFERENCES_MAX and _over(
+                    held, [(r.ref_type, r.location) for r in refs], ENTITY_REFERENCES_MAX):
+                return f"{what} would have more than {ENTITY_REFERENCES_MAX} {name}"
+        runs = data.executions if kind.result else None  # type: ignore[union-attr]
+        if runs and len(self.executions) + len(runs) > ENTITY_EXECUTIONS_MAX and _over(
+                self.executions, [_canonical({"execution_type": r.execution_type,
+                                              "details": r.details}) for r in runs],
+                ENTITY_EXECUTIONS_MAX):
+            return f"{what} would have more than {ENTITY_EXECUTIONS_MAX} executions"
+        return None
 
     @property
     def job_id(self) -> str:
@@ -468,14 +522,19 @@ class Projection:
     steps: dict[str, StepState] = field(default_factory=dict)
     changed_jobs: set[str] = field(default_factory=set)
     changed_steps: set[str] = field(default_factory=set)
+    # Events refused for an entity limit, with the reason: they changed nothing.
+    refused: list[tuple[Event, str]] = field(default_factory=list)
 
     def apply(self, event: Event) -> bool:
-        """Merge one event; False if it is a duplicate (already applied) and changed nothing."""
+        """Merge one event; False if it changed nothing (a duplicate, or :attr:`refused`)."""
         micros = (event.occurred_at - EPOCH) // _US
         job = self.jobs.get(event.job_id)
         if job is None:
             job = self.jobs[event.job_id] = JobState(job_id=event.job_id)
         if event.step_id is None:
+            if event.event_id not in job.seen and (reason := job.refusal(event)) is not None:
+                self.refused.append((event, reason))
+                return False
             if not job.apply(event, micros):
                 return False
             self.changed_jobs.add(event.job_id)
@@ -483,9 +542,14 @@ class Projection:
         step = self.steps.get(event.step_id)
         if step is None:
             step = self.steps[event.step_id] = StepState(step_id=event.step_id)
-        if not step.apply(event, micros):
-            if job.first_seen_at is None:  # created just now for a duplicate: forget it
+        reason = None
+        if event.event_id not in step.seen and (reason := step.refusal(event)) is not None:
+            self.refused.append((event, reason))
+        if reason is not None or not step.apply(event, micros):
+            if job.first_seen_at is None:  # created just now for nothing: forget it
                 del self.jobs[event.job_id]
+            if step.owner is None:
+                del self.steps[event.step_id]
             return False
         if job.first_seen_at is None or micros < job.first_seen_at:
             job.first_seen_at = micros  # job.named_at(micros), inline: this runs per event

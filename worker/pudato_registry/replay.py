@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from pudato_registry import kafka, store
-from pudato_registry.loop import apply_events, with_retries
+from pudato_registry.loop import apply_events, isolate, with_retries
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, validate
 from pudato_registry.wire import Event
@@ -48,6 +48,7 @@ class ReplayReport:
     events: int = 0
     invalid: int = 0
     applied: int = 0
+    refused: int = 0  # over an entity limit, or unstorable: dead-lettered by the worker
     seconds: float = 0.0
     locked_seconds: float = 0.0
     differences: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
@@ -55,7 +56,8 @@ class ReplayReport:
     def summary(self) -> str:
         """One paragraph for people."""
         lines = [f"replay ({self.mode}): {self.messages} messages read, {self.events} events "
-                 f"({self.invalid} invalid skipped), {self.applied} new to the target, "
+                 f"({self.invalid} invalid and {self.refused} over a limit or unstorable "
+                 f"skipped), {self.applied} new to the target, "
                  f"{self.seconds:.1f} s"]
         if self.mode == "rebuild":
             lines.append(f"swapped in; live tables locked {self.locked_seconds * 1000:.0f} ms")
@@ -79,9 +81,11 @@ def _fold_into(reader: kafka.PartitionReader, targets: dict[int, int], target: s
                 events.append(event)
         report.events += len(events)
         if events:
-            report.applied += with_retries(
-                settings, "replay", lambda batch=events: apply_events(target, batch,
-                                                                      rewrite=rewrite))
+            # As the worker does: an event PostgreSQL refuses is set apart, the rest applied.
+            done = isolate(lambda part: with_retries(
+                settings, "replay", lambda: apply_events(target, part, rewrite=rewrite)), events)
+            report.applied += done.new
+            report.refused += len(done.refused) + len(done.unstorable)
 
 
 def rebuild(settings: Settings, *, verify: bool = False) -> ReplayReport:

@@ -8,6 +8,7 @@ fold states) commits together or not at all.
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import logging
 import re
@@ -18,6 +19,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_dumps
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,29 @@ def load_migrations(directory: Path = SCHEMA_DIR) -> list[Migration]:
     return found
 
 
+# A connection that cannot be opened in this time, or a peer that stops
+# answering keepalives, is a failed attempt (retried), never a wait forever.
+# The database URL may set any of these itself; it wins.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",  # ms that sent data may stay unacknowledged
+}
+
+
+def connection_options(dsn: str, **kwargs: object) -> dict[str, object]:
+    """The options :func:`connect` adds to ``dsn``: our defaults, unless ``dsn`` sets them."""
+    given = conninfo_to_dict(dsn)
+    return {"application_name": "pudato-registry",
+            **{k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}, **kwargs}
+
+
 def connect(dsn: str, **kwargs: object) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a connection with the settings every caller wants."""
-    conn = psycopg.connect(dsn, application_name="pudato-registry", **kwargs)  # type: ignore[arg-type]
+    """Open a connection with the settings every caller wants (timeouts, keepalives)."""
+    conn = psycopg.connect(dsn, **connection_options(dsn, **kwargs))  # type: ignore[arg-type]
     # msgspec, not the json module: fast, and JSON numbers may be integers of any size.
     set_json_dumps(msgspec.json.encode, conn)
     return conn
@@ -127,27 +149,71 @@ def migrate(dsn: str, migrations: Sequence[Migration] | None = None) -> list[Mig
     return applied_now
 
 
-# --- error classification --------------------------------------------------------
+# --- error classification: the one place that decides what a failure means --------
+
+
+class Failure(enum.Enum):
+    """What a PostgreSQL failure means for the work that met it."""
+
+    TRANSIENT = "transient"  # the same work can succeed if tried again: retry
+    DATA = "data"  # refused for the data of what was written: isolate and dead-letter it
+    FATAL = "fatal"  # would refuse every write alike (missing table, privilege): stop
+
 
 # SQLSTATE classes and codes after which the same work can succeed if tried
 # again: the connection or the server went away, the transaction lost a race,
-# the server is short of something for now.
+# the server is short of something for now (53: disk full, out of memory).
 _TRANSIENT_CLASSES = ("08", "40", "53", "58")
-# 23505: the batch COPYs rows of entities it saw no state for straight into
-# the tables; a unique violation there means another worker inserted the same
-# entity first, and a retry, reading its state, upserts instead.
-_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "55P03", "55006", "23505"})
+_TRANSIENT_CODES = frozenset({"57P01", "57P02", "57P03", "55P03", "55006"})
+# Data exceptions (22: a value out of range, too long for a column a DBA
+# narrowed ...), program limits (54: an index entry over the btree maximum)
+# and integrity constraints (23: a CHECK or unique index a DBA added).
+_DATA_CLASSES = ("22", "23", "54")
+UNIQUE_VIOLATION = "23505"
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Whether a PostgreSQL failure may pass if the transaction is tried again."""
+def classify(exc: BaseException) -> Failure:
+    """What a failure means: by its psycopg class and SQLSTATE, never by its text."""
     if not isinstance(exc, psycopg.Error):
-        return False
+        return Failure.FATAL
     state = exc.sqlstate
     if state is None:
         # No SQLSTATE: the client lost or could not open the connection.
-        return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
-    return state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES
+        transient = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        return Failure.TRANSIENT if transient else Failure.FATAL
+    if state[:2] in _TRANSIENT_CLASSES or state in _TRANSIENT_CODES or _key_race(exc):
+        return Failure.TRANSIENT
+    if state[:2] in _DATA_CLASSES:
+        return Failure.DATA
+    return Failure.FATAL
+
+
+def _key_race(exc: psycopg.Error) -> bool:
+    """A unique violation on a projection table's primary key.
+
+    A batch COPYs the rows of entities it found no state for straight in; the
+    key then fails if another worker inserted the same entity first, or if a
+    row exists without a state (a restored table, a manual insert). Either
+    way the retry reads states afresh and upserts every row.
+    """
+    table = exc.diag.table_name
+    return (exc.sqlstate == UNIQUE_VIOLATION and table in PROJECTION_TABLES
+            and exc.diag.constraint_name == f"{table}_pkey")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may pass if the work is tried again."""
+    return classify(exc) is Failure.TRANSIENT
+
+
+def describe(exc: BaseException) -> str:
+    """The SQLSTATE and the server's own message: what a dead letter's ``error`` says."""
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+        message = exc.diag.message_primary or str(exc)
+        constraint = exc.diag.constraint_name
+        where = f" (constraint {constraint})" if constraint else ""
+        return f"PostgreSQL refused it: SQLSTATE {exc.sqlstate}: {message}{where}"
+    return str(exc)
 
 
 # --- the projection tables ---------------------------------------------------------
@@ -255,6 +321,8 @@ class Store:
 
     def __init__(self, dsn: str, *, schema: str | None = None) -> None:
         self._dsn = dsn
+        # After a primary-key race the next attempt upserts every row (see _key_race).
+        self._upsert_all = False
         # A replay writes the same tables in its shadow schema.
         self._options = {} if schema is None else {"options": f"-c search_path={schema}"}
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -298,30 +366,37 @@ class Store:
                 states = _select_states(conn, job_ids, step_ids)
                 writes = compute(states)
                 # Jobs before steps: a step's job row must exist (foreign key).
-                self._write(conn, _JOBS, writes.jobs, states.jobs)
-                self._write(conn, _STEPS, writes.steps, states.steps)
-                self._write(conn, _JOB_STATE, writes.job_states, states.jobs)
-                self._write(conn, _STEP_STATE, writes.step_states, states.steps)
-        except BaseException:
+                existing = (None, None) if self._upsert_all else (states.jobs, states.steps)
+                self._write(conn, _JOBS, writes.jobs, existing[0])
+                self._write(conn, _STEPS, writes.steps, existing[1])
+                self._write(conn, _JOB_STATE, writes.job_states, existing[0])
+                self._write(conn, _STEP_STATE, writes.step_states, existing[1])
+        except BaseException as exc:
+            self._upsert_all = isinstance(exc, psycopg.Error) and _key_race(exc)
             # Only this connection: the reader may be busy in another thread.
             with contextlib.suppress(Exception):
                 conn.close()
             self._conn = None
             raise
+        self._upsert_all = False
         return writes
 
     @staticmethod
     def _write(conn: psycopg.Connection[tuple[object, ...]], target: _Target,
-               rows: Sequence[Sequence[object]], existing: dict[str, str]) -> None:
+               rows: Sequence[Sequence[object]], existing: dict[str, str] | None) -> None:
         """COPY rows of new entities straight in; upsert the others through a staging table.
 
-        An entity has a row exactly when it has a saved state (both are written
-        in the same transaction), so ``existing`` (the states read) tells them apart.
+        An entity normally has a row exactly when it has a saved state (both
+        are written in the same transaction), so ``existing`` (the states
+        read) tells them apart; ``None`` upserts every row.
         """
         fresh: list[Sequence[object]] = []
         known: list[Sequence[object]] = []
-        for row in rows:
-            (known if row[0] in existing else fresh).append(row)
+        if existing is None:
+            known = list(rows)
+        else:
+            for row in rows:
+                (known if row[0] in existing else fresh).append(row)
         with conn.cursor() as cur:
             if fresh:
                 copy_rows(cur, target.copy_in, fresh, target.types)

@@ -10,6 +10,7 @@ them, such as a timestamp with a space for ``T``) or say precisely why not
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -24,7 +25,11 @@ from pudato_registry.settings import MIB
 
 
 class RejectionKind(StrEnum):
-    """Why a message is not a valid v1 event; the ``error.kind`` header of its dead letter."""
+    """Why a message was dead-lettered: the ``error.kind`` header of its letter.
+
+    All but the last two are found by :func:`validate`; ``entity_limit`` by
+    the fold, ``unstorable`` by PostgreSQL (docs/events-v1.md, "Limits").
+    """
 
     TOMBSTONE = "tombstone"
     TOO_LARGE = "too_large"
@@ -38,6 +43,11 @@ class RejectionKind(StrEnum):
     NAIVE_TIMESTAMP = "naive_timestamp"
     STEP_ID_NOT_ALLOWED = "step_id_not_allowed"
     NUL_CHARACTER = "nul_character"
+    STRING_TOO_LONG = "string_too_long"  # a per-event limit on a string's characters
+    TOO_MANY_ITEMS = "too_many_items"  # ... on the entries of inputs, outputs, executions
+    TOO_MANY_KEYS = "too_many_keys"  # ... on the top-level keys of metadata
+    ENTITY_LIMIT = "entity_limit"
+    UNSTORABLE = "unstorable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +123,15 @@ def _explain(value: bytes) -> Rejection:
     if type(version) is not int or version != SCHEMA_VERSION:
         return Rejection(
             RejectionKind.UNSUPPORTED_SCHEMA_VERSION,
-            f"schema_version {version!r} is not supported (this worker reads {SCHEMA_VERSION})",
+            f"schema_version {preview(version)} is not supported (this worker reads "
+            f"{SCHEMA_VERSION})",
         )
     if "event_type" not in parsed:
         return Rejection(RejectionKind.MISSING_FIELD, "field 'event_type' is required")
     if parsed["event_type"] not in EVENT_TYPES:
         return Rejection(
             RejectionKind.UNKNOWN_EVENT_TYPE,
-            f"event_type {parsed['event_type']!r} is not one of {', '.join(EVENT_TYPES)}",
+            f"event_type {preview(parsed['event_type'])} is not one of {', '.join(EVENT_TYPES)}",
         )
     if "data" not in parsed:  # absent means {}: name the data field that is then missing
         value = msgspec.json.encode({**parsed, "data": {}})
@@ -131,15 +142,42 @@ def _explain(value: bytes) -> Rejection:
     return Rejection(RejectionKind.INVALID_FIELD, "invalid event")  # pragma: no cover
 
 
+_PREVIEWS = reprlib.Repr()  # keyword arguments only from Python 3.12
+_PREVIEWS.maxlevel, _PREVIEWS.maxlist, _PREVIEWS.maxdict = 2, 4, 4
+_PREVIEWS.maxstring, _PREVIEWS.maxlong, _PREVIEWS.maxother = 60, 40, 60
+
+
+def preview(value: Any) -> str:
+    """A short ``repr`` of ``value``: a rejection quotes the input, it never copies it."""
+    try:
+        text = _PREVIEWS.repr(value)
+    except ValueError:  # an integer too long to print (over 4,300 digits)
+        return f"an integer of {value.bit_length()} bits" if isinstance(value, int) else "?"
+    if isinstance(value, str) and len(value) > 60:
+        text += f" ({len(value)} characters)"
+    return text
+
+
+_KIND_OF_ERROR = {
+    "missing": RejectionKind.MISSING_FIELD,
+    "timezone_aware": RejectionKind.NAIVE_TIMESTAMP,
+    "string_too_long": RejectionKind.STRING_TOO_LONG,
+}
+
+
 def _from_pydantic(exc: ValidationError) -> Rejection:
-    error = exc.errors(include_url=False)[0]
+    error = exc.errors(include_url=False, include_input=False)[0]
     # The first element of the location is the union tag (the event type).
     loc = [str(part) for part in error["loc"][1:]]
     field = ".".join(loc)
-    kind = {
-        "missing": RejectionKind.MISSING_FIELD,
-        "timezone_aware": RejectionKind.NAIVE_TIMESTAMP,
-    }.get(error["type"], RejectionKind.INVALID_FIELD)
+    kind = _KIND_OF_ERROR.get(error["type"], RejectionKind.INVALID_FIELD)
+    if error["type"] == "too_long":  # a list's entries or an object's keys
+        dictionary = error.get("ctx", {}).get("field_type") == "Dictionary"
+        kind = RejectionKind.TOO_MANY_KEYS if dictionary else RejectionKind.TOO_MANY_ITEMS
+        limit = error.get("ctx", {}).get("max_length")
+        what = "keys" if dictionary else "entries"
+        return Rejection(kind, f"field {field!r} has more than {limit} {what}, the most one "
+                               "event may carry")
     if loc == ["step_id"] and error["type"] == "none_required":
         return Rejection(
             RejectionKind.STEP_ID_NOT_ALLOWED,

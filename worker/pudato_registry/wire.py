@@ -27,17 +27,21 @@ from msgspec import Meta, Struct
 
 from pudato_registry import events
 
-Id = Annotated[str, Meta(min_length=1, max_length=200)]
+Id = Annotated[str, Meta(min_length=1, max_length=events.ID_MAX_CHARS)]
+Name = Annotated[str, Meta(max_length=events.NAME_MAX_CHARS)]
+Version = Annotated[str, Meta(max_length=events.VERSION_MAX_CHARS)]
+RefType = Annotated[str, Meta(max_length=events.REF_TYPE_MAX_CHARS)]
 JsonObject: TypeAlias = dict[str, Any]
+Metadata = Annotated[JsonObject, Meta(max_length=events.METADATA_KEYS_MAX)]
 
 
 # gc=False: decoded events hold no cycles, so the collector need not track them.
 class DataReference(Struct, frozen=True, gc=False):
     """A dataset a step read or wrote, identified by (``ref_type``, ``location``)."""
 
-    ref_type: str
-    location: str
-    format: str | None = None
+    ref_type: RefType
+    location: Annotated[str, Meta(max_length=events.LOCATION_MAX_CHARS)]
+    format: RefType | None = None
     metadata: JsonObject = {}
 
 
@@ -48,20 +52,24 @@ class ExecutionRecord(Struct, frozen=True, gc=False):
     details: JsonObject = {}
 
 
+References = Annotated[list[DataReference], Meta(max_length=events.REFERENCES_MAX)]
+Executions = Annotated[list[ExecutionRecord], Meta(max_length=events.EXECUTIONS_MAX)]
+
+
 class _Data(Struct, frozen=True, kw_only=True, gc=False):
-    metadata: JsonObject | None = None
+    metadata: Metadata | None = None
 
 
 class JobSubmittedData(_Data, frozen=True, kw_only=True, gc=False):
     """``job.submitted`` data."""
 
-    pipeline: str
-    logic_version: str
-    environment: str | None = None
-    namespace: str | None = None
+    pipeline: Name
+    logic_version: Version
+    environment: Name | None = None
+    namespace: Name | None = None
     request: JsonObject | None = None
     parameters: JsonObject | None = None
-    dag_run_id: str | None = None
+    dag_run_id: Version | None = None
 
 
 class JobData(_Data, frozen=True, kw_only=True, gc=False):
@@ -81,24 +89,24 @@ class JobCancelledData(_Data, frozen=True, kw_only=True, gc=False):
 
 
 class _StepIdentity(_Data, frozen=True, kw_only=True, gc=False):
-    step_name: str | None = None
-    handler_type: str | None = None
-    action: str | None = None
+    step_name: Name | None = None
+    handler_type: Name | None = None
+    action: Name | None = None
 
 
 class StepStartData(_StepIdentity, frozen=True, kw_only=True, gc=False):
     """``step.submitted`` / ``step.started`` data."""
 
-    step_name: str
-    handler_type: str
-    action: str
-    inputs: list[DataReference] | None = None
+    step_name: Name
+    handler_type: Name
+    action: Name
+    inputs: References | None = None
 
 
 class _StepResult(_StepIdentity, frozen=True, kw_only=True, gc=False):
-    inputs: list[DataReference] | None = None
-    outputs: list[DataReference] | None = None
-    executions: list[ExecutionRecord] | None = None
+    inputs: References | None = None
+    outputs: References | None = None
+    executions: Executions | None = None
     duration_ms: Annotated[int, Meta(ge=0, le=events.INT32_MAX)] | None = None
 
 
