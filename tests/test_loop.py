@@ -76,7 +76,7 @@ def test_every_invalid_kind_reaches_the_dlq_with_its_headers(settings: Settings)
     assert len(dead) == vector.dead_letters + len(extra)
     assert {"too_large", "nul_character", "tombstone", "not_utf8", "not_json", "not_object",
             "unsupported_schema_version", "unknown_event_type", "missing_field",
-            "invalid_field", "naive_timestamp", "step_id_not_allowed"} == kinds
+            "invalid_field", "naive_timestamp", "step_id_not_allowed", "string_too_long"} == kinds
 
 
 def test_generated_workload_equals_the_pure_fold(settings: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -106,17 +107,18 @@ def test_metadata_keys_are_counted_across_events() -> None:
 @pytest.mark.parametrize("field", ["inputs", "outputs"])
 def test_references_per_list_are_counted_across_events(field: str) -> None:
     projection = Projection()
+    def event(refs: list[DataReference], into: str = field) -> Event:
+        lists: dict[str, Any] = {into: refs}
+        return decoded([factory.step_succeeded("j", "s", **lists)])[0]
+
     for batch in range(2):
-        refs = [_ref(f"t{batch}.{i}") for i in range(5_000)]
-        assert projection.apply(decoded([factory.step_succeeded("j", "s", **{field: refs})])[0])
-    repeat = [_ref("t0.1"), _ref("t1.2")]  # known pairs: no new entry
-    assert projection.apply(decoded([factory.step_succeeded("j", "s", **{field: repeat})])[0])
-    over = decoded([factory.step_succeeded("j", "s", **{field: [_ref("new")]})])[0]
+        assert projection.apply(event([_ref(f"t{batch}.{i}") for i in range(5_000)]))
+    assert projection.apply(event([_ref("t0.1"), _ref("t1.2")]))  # known pairs: none new
+    over = event([_ref("new")])
     assert not projection.apply(over)
     assert projection.refused == [(over, f"step 's' would have more than 10000 {field}")]
     # The other list is not full.
-    other = "outputs" if field == "inputs" else "inputs"
-    assert projection.apply(decoded([factory.step_succeeded("j", "s", **{other: [_ref("x")]})])[0])
+    assert projection.apply(event([_ref("x")], "outputs" if field == "inputs" else "inputs"))
 
 
 def test_distinct_executions_are_counted_across_events() -> None:

@@ -1,4 +1,4 @@
-"""The v1 wire contract (``events-v1.md``) as typed, immutable pydantic models.
+"""The v1 wire contract (``docs/events-v1.md``) as typed, immutable pydantic models.
 
 Validation is strict, as the spec reads: strings are strings (``42`` is not a
 ``job_id``), integers are integers, ``occurred_at`` is an RFC 3339 string with

@@ -1,6 +1,6 @@
 """The fold: valid events to rows of ``pudato_jobs`` and ``pudato_job_steps``; pure, incremental.
 
-Every projection rule of ``events-v1.md`` is a function of the *set* of
+Every projection rule of ``docs/events-v1.md`` is a function of the *set* of
 events, so the fold keeps, per entity, just enough to merge one more event
 into what it already knows, in any order:
 
@@ -18,6 +18,11 @@ into what it already knows, in any order:
   appearance (occurred_at, event_id, index in the list) and the position and
   content of its last (rule 8). ``executions``: per distinct entry, its first
   position (rule 9).
+
+The limits per entity (1,000 events, 10,000 references per list, 1,000
+executions, 1,000 metadata keys) bound every state: the event that would
+cross one is refused before it changes anything (:attr:`Projection.refused`),
+so that no event's cost grows with its entity's history.
 
 Each piece is a max, a min, a register or a set union: commutative,
 associative and idempotent. So folding new events into a saved state equals
