@@ -51,7 +51,7 @@ def events_of(shape: str, count: int) -> list[Event]:
     return out
 
 
-def pure_cost(saved: str, event: Event, repeat: int = 20) -> float:
+def pure_cost(saved: str, event: Event, repeat: int = 3) -> float:
     """Seconds to decode a state, fold one event into it, make the row, encode the state."""
     best = float("inf")
     for _ in range(repeat):

@@ -55,6 +55,18 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _cluster_id() -> str:
+    """A KRaft cluster id, as Kafka's own ``Uuid.randomUuid`` makes them.
+
+    Never one that starts with ``-``: the storage tool would read it as an
+    option and fail (one start in 64, before this).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _require(binary: str, hint: str) -> str:
     path = shutil.which(binary)
     if path is None:
@@ -208,7 +220,7 @@ class DevStack:
             f"-Dkafka.logs.dir={logs}", f"-Dlog4j2.configurationFile={LOG4J}",
             "-cp", classpath,
         ]
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _cluster_id()
         fmt = subprocess.run(
             [*self._jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
             capture_output=True, text=True, check=False,
