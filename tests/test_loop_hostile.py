@@ -22,7 +22,13 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 
 from pudato_registry import factory, kafka, store
 from pudato_registry.events import ENTITY_EVENTS_MAX, Event
@@ -140,6 +146,25 @@ def test_a_letter_too_large_for_the_dlq_carries_a_prefix_and_says_so(
         assert original.startswith(letter.value)
         assert len(letter.value) > MIB // 2
         assert {"source.partition", "source.offset", "error"} <= letter.headers.keys()
+
+
+def test_a_dlq_that_takes_less_than_it_said_gets_smaller_letters(
+        services: Services, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_for(services.bootstrap_servers, database_url)
+    kafka.create_topics(settings)
+    admin = kafka.make_admin(settings)
+    resource = ConfigResource(ResourceType.TOPIC, settings.dlq_topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(200_000),
+                    incremental_operation=AlterConfigOpType.SET)])
+    admin.incremental_alter_configs([resource])[resource].result(30)
+    # As if the topic's config changed after the worker read it at start.
+    monkeypatch.setattr(kafka, "max_message_bytes", lambda *_args, **_kw: 8 * MIB)
+    big = b"[" + b"1," * 300_000 + b"1]"
+    _worker, (letter,) = _drained_once(settings, [big], _ordinary(1_000))
+    assert letter.headers["value.truncated"] == "true"
+    assert letter.value is not None
+    assert big.startswith(letter.value)
+    assert len(letter.value) < 200_000
 
 
 # --- events PostgreSQL refuses for their data: isolated, the rest applied -------------------

@@ -50,6 +50,15 @@ Headers = list[tuple[str, str | bytes | None]]
 class DeliveryError(RuntimeError):
     """The broker did not acknowledge every message in time (transient: try again)."""
 
+    def __init__(self, message: str, codes: frozenset[int] = frozenset()) -> None:
+        super().__init__(message)
+        self.codes = codes  # the KafkaError codes of the failed deliveries
+
+    @property
+    def too_large(self) -> bool:
+        """Whether the broker refused a message for its size."""
+        return KafkaError.MSG_SIZE_TOO_LARGE in self.codes
+
 
 Outgoing = tuple[bytes | None, bytes | None, Headers | None]  # key, value, headers
 
@@ -80,7 +89,8 @@ def deliver(producer: Producer, topic: str, messages: Iterable[Outgoing],
     pending = producer.flush(timeout)
     if pending or failures:
         detail = failures[0].str() if failures else f"{pending} not acknowledged in time"
-        raise DeliveryError(f"{topic}: not delivered: {detail}")
+        raise DeliveryError(f"{topic}: not delivered: {detail}",
+                            frozenset(f.code() for f in failures))
     return count
 
 

@@ -96,6 +96,8 @@ def tune_interpreter() -> None:
     sys.setswitchinterval(0.001)
 
 
+# Letters are never cut below this, however small the dead-letter topic says it is.
+_SMALLEST_LETTER = 64 * 1024
 # A message that is dead-lettered: why (kind, reason).
 Letter = tuple[Message, RejectionKind, str]
 
@@ -518,10 +520,19 @@ class Worker:
 
     def _dead_letter(self, letters: Sequence[Letter]) -> None:
         max_bytes = self._letter_max_bytes
-        kafka.deliver(self.producer, self.settings.dlq_topic, (
-            kafka.dead_letter(message, kind.value, reason, max_bytes)
-            for message, kind, reason in letters
-        ), max(self.settings.retry_max_backoff_s, 10.0))
+        try:
+            kafka.deliver(self.producer, self.settings.dlq_topic, (
+                kafka.dead_letter(message, kind.value, reason, max_bytes)
+                for message, kind, reason in letters
+            ), max(self.settings.retry_max_backoff_s, 10.0))
+        except kafka.DeliveryError as exc:
+            if exc.too_large and max_bytes > _SMALLEST_LETTER:
+                # The topic takes less than it said at start (its config changed):
+                # the retry cuts every letter to half as much.
+                self._letter_max_bytes = max(_SMALLEST_LETTER, max_bytes // 2)
+                log.warning("the dead-letter topic refused a letter of up to %d bytes; "
+                            "cutting letters to %d", max_bytes, self._letter_max_bytes)
+            raise
         for message, kind, reason in letters:
             # One line each, however large the message: the reason is capped as in the letter.
             log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic(), message.partition(),
