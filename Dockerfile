@@ -9,4 +9,6 @@ USER pudato
 EXPOSE 9108
 ENV PUDATO_METRICS_HOST=0.0.0.0
 ENTRYPOINT ["pudato-registry"]
-CMD ["worker", "--migrate", "--create-topics"]
+# Migrations and topics are a one-shot job before it (`migrate`, `topics create`), run
+# with a role that may do DDL; the worker itself needs none (see the README).
+CMD ["worker"]

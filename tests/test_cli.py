@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import urlsplit
 
 import pytest
 
-from pudato_registry import logs
+from pudato_registry import factory, logs
 from pudato_registry.cli import main
-from pudato_registry.settings import Settings, redact_url
-from tests.services import Services
+from pudato_registry.devstack import free_port
+from pudato_registry.settings import Settings, dsn_secrets, redact_dsn, redact_url
+from tests.helpers import drain, messages_of
+from tests.services import Services, fresh_database, produce
 
 
 def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,7 +26,7 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
                                  "--kafka-config", "sasl.password=s3cret"])
     settings = _settings(args)
     assert (settings.topic, settings.group_id) == ("from.flag", "env-group")
-    assert settings.kafka == {"security.protocol": "SSL", "sasl.password": "s3cret"}
+    assert settings.kafka_config() == {"security.protocol": "SSL", "sasl.password": "s3cret"}
     assert settings.kafka_config_redacted()["sasl.password"] == "***"
 
 
@@ -52,3 +55,127 @@ def test_json_log_lines() -> None:
     assert line["level"] == "warning"
     assert line["message"] == "dead-lettered x"
     assert line["logger"] == "pudato_registry.loop"
+
+
+# --- secrets: never shown, in any form --------------------------------------------------------
+
+@pytest.mark.parametrize(("dsn", "shown"), [
+    ("postgresql://u:hunter2@h:5432/db", "postgresql://u:***@h:5432/db"),
+    ("postgresql://u@h/db?sslmode=verify-full&password=hunter2",
+     "postgresql://u@h/db?sslmode=verify-full&password=***"),
+    ("host=h user=u password=hunter2 dbname=db", "host=h user=u password=*** dbname=db"),
+    ("host=h password = 'hun ter2' dbname=db", "host=h password = *** dbname=db"),
+    ("postgresql://u:hunter%402@h/db", "postgresql://u:***@h/db"),
+])
+def test_every_form_of_database_url_is_redacted(dsn: str, shown: str) -> None:
+    assert redact_dsn(dsn) == shown
+    found = set(dsn_secrets(dsn))
+    assert found & {"hunter2", "hun ter2", "hunter@2"}  # what the logs then scrub
+    assert found <= set(Settings(database_url=dsn).secrets())
+
+
+def test_kafka_settings_are_secret_in_every_repr() -> None:
+    settings = Settings(kafka={"sasl.password": "s3cret", "security.protocol": "SASL_SSL"})
+    assert "s3cret" not in repr(settings)
+    assert "s3cret" not in str(settings.model_dump())
+    assert settings.kafka_config()["sasl.password"] == "s3cret"
+    assert "s3cret" in settings.secrets()
+
+
+def test_migrate_never_prints_a_key_value_password(services: Services, database_url: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    parts = urlsplit(database_url)
+    dsn = (f"host={parts.hostname} port={parts.port} user={parts.username} "
+           f"dbname={parts.path.lstrip('/')} password=hunter2")
+    assert main(["migrate", "--database-url", dsn]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert "password=***" in out
+
+
+# --- errors a person can read ------------------------------------------------------------------
+
+def _one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
+    url = f"postgresql://pudato:hunter2@127.0.0.1:{free_port()}/pudato?connect_timeout=2"
+    assert main(["jobs", "list", "--database-url", url]) == 1
+    err = _one_line(capsys)
+    assert err.startswith("pudato-registry jobs: cannot use PostgreSQL at postgresql://pudato:***@")
+    assert "dev up" in err
+    assert "hunter2" not in err
+
+
+def test_missing_tables_say_to_migrate(services: Services, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
+    with fresh_database(services.admin_url(), services.database_url, migrated=False) as url:
+        assert main(["jobs", "show", "j", "--database-url", url]) == 1
+    assert "run `pudato-registry migrate`" in _one_line(capsys)
+
+
+def test_an_unreachable_broker_is_one_line(database_url: str,
+                                           capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
+    code = main(["topics", "create", "--bootstrap-servers", f"127.0.0.1:{free_port()}",
+                 "--database-url", database_url, "--kafka-config", "socket.timeout.ms=2000"])
+    assert code == 1
+    err = _one_line(capsys)
+    assert err.startswith("pudato-registry topics: cannot use Kafka at 127.0.0.1:")
+    assert "dev up" in err
+
+
+def test_a_worker_without_a_broker_is_one_line(database_url: str,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
+    code = main(["worker", "--drain", "--bootstrap-servers", f"127.0.0.1:{free_port()}",
+                 "--database-url", database_url, "--metrics-port", "0"])
+    assert code == 1
+    err = _one_line(capsys)
+    assert err.startswith("pudato-registry worker: cannot use Kafka at 127.0.0.1:")
+
+
+@pytest.mark.parametrize("argv", [
+    ["jobs", "list", "--stuck", "99999999999d"], ["jobs", "list", "--limit", "-1"],
+    ["jobs", "list", "--since", "99999999999d"], ["jobs", "list", "--stuck", "soon"],
+])
+def test_bad_arguments_are_one_line_and_exit_2(argv: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error: argument" in err.splitlines()[-1]
+
+
+def test_a_bad_setting_is_one_line(capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUDATO_BATCH_SIZE", "lots")
+    assert main(["jobs", "list"]) == 2
+    assert "bad setting batch_size" in _one_line(capsys)
+
+
+def test_control_characters_from_event_data_are_escaped(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    hostile = "\x1b]0;pwned\x07\x1b[2J\x9b31m"
+    produce(settings, messages_of([factory.job_submitted("j", pipeline=hostile, logic_version="v"),
+                                   factory.job_failed("j", error=hostile)]))
+    drain(settings)
+    args = ["--database-url", settings.database_dsn]
+    for argv in (["jobs", "list", *args], ["jobs", "list", "--json", *args],
+                 ["jobs", "show", "j", *args], ["jobs", "show", "j", "--json", *args]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert not any(0x80 <= ord(c) < 0xA0 or (ord(c) < 0x20 and c != "\n") or c == "\x7f"
+                       for c in out), argv
+        assert "]0;pwned" in out

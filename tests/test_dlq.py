@@ -44,3 +44,28 @@ def test_redrive_after_a_fix_applies_each_letter_once(
     topic = read_topic(settings, settings.topic)
     assert len(topic) == len(events) + 1 + len(too_large)
     assert sum(1 for r in topic if "redriven_from" in r.headers) == len(too_large)
+
+
+def test_letters_with_bad_or_truncated_headers_are_listed_and_never_redriven_cut(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from confluent_kafka import Producer  # noqa: PLC0415
+
+    from pudato_registry import kafka  # noqa: PLC0415
+
+    producer = Producer(kafka.producer_config(settings))
+    kafka.deliver(producer, settings.dlq_topic, [
+        (b"k1", b"{}", [("error.kind", b"not_object"), ("source.partition", b"x"),
+                        ("source.offset", b"-"), ("dead_lettered_at", b"yesterday")]),
+        (b"k2", b'{"schema', [("error.kind", b"too_large"), ("value.truncated", b"true"),
+                              ("value.size", b"2000000"), ("\x1b[2J", b"\x9b\x07")]),
+    ], 30)
+    assert main(["dlq", "list", *_args(settings)]) == 0
+    listed = capsys.readouterr().out
+    assert "not_object" in listed
+    assert "too_large" in listed
+    assert main(["dlq", "redrive", *_args(settings)]) == 0
+    out = capsys.readouterr().out
+    assert "1 re-published" in out
+    assert "1 truncated letters skipped" in out
+    redriven = [r for r in read_topic(settings, settings.topic) if "redriven_from" in r.headers]
+    assert [r.key for r in redriven] == [b"k1"]

@@ -271,3 +271,35 @@ def test_workers_writing_the_same_entities_from_different_partitions_converge(
             w.request_stop()
         for t in threads:
             t.join(timeout=60)
+
+
+def test_sigterm_exits_at_once_whatever_a_metrics_client_does(settings: Settings) -> None:
+    import socket  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from pudato_registry.devstack import free_port  # noqa: PLC0415
+
+    produce(settings, messages_of(workload(500)))
+    port = free_port()
+    process = worker_process(settings, "--metrics-port", str(port))
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:  # noqa: S310
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_for(ready, what="the worker's /readyz")
+    idle = socket.create_connection(("127.0.0.1", port))  # says nothing, never hangs up
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:  # noqa: S310
+            assert response.status == 200
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+        assert process.returncode == 0, output
+        assert time.monotonic() - started < 5
+    finally:
+        idle.close()

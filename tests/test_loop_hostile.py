@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import socket
 import threading
@@ -159,7 +160,7 @@ def test_a_dlq_that_takes_less_than_it_said_gets_smaller_letters(
     admin.incremental_alter_configs([resource])[resource].result(30)
     # As if the topic's config changed after the worker read it at start.
     monkeypatch.setattr(kafka, "max_message_bytes", lambda *_args, **_kw: 8 * MIB)
-    big = b"[" + b"1," * 300_000 + b"1]"
+    big = os.urandom(600_000)  # not UTF-8, and compression cannot shrink it under the limit
     _worker, (letter,) = _drained_once(settings, [big], _ordinary(1_000))
     assert letter.headers["value.truncated"] == "true"
     assert letter.value is not None
@@ -360,3 +361,32 @@ def test_isolation_applies_every_good_event_once_and_finds_each_bad_one(bad: set
     assert sorted(applied) == sorted(set(events) - bad)
     assert result.transactions <= 1 + 2 * len(bad) * 13  # about 2 log2(n) per bad event
 
+
+
+def test_the_documented_least_privilege_role_runs_the_worker_across_a_replay(
+        settings: Settings) -> None:
+    from pathlib import Path  # noqa: PLC0415
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    from pudato_registry import replay  # noqa: PLC0415
+
+    role = f"worker_{secrets.token_hex(4)}"
+    database = urlsplit(settings.database_dsn).path.lstrip("/")
+    script = (Path(__file__).parents[1] / "docs" / "worker-role.sql").read_text()
+    _execute(settings.database_dsn, script.replace("registry_worker", role)
+             .replace("DATABASE registry", f'DATABASE "{database}"'))
+    parts = urlsplit(settings.database_dsn)
+    as_role = settings.replace(database_url=urlunsplit(parts._replace(
+        netloc=f"{role}@{parts.hostname}:{parts.port}")))
+    first, later = _ordinary(2_000), workload(1_000, prefix="later", seed=5)
+    try:
+        produce(settings, messages_of(first))
+        drain(as_role)
+        replay.rebuild(settings)  # the owner swaps in new tables: the grants must follow
+        produce(settings, messages_of(later))
+        drain(as_role)
+        assert table_rows(settings.database_dsn) == expected_rows([*first, *later])
+    finally:
+        with psycopg.connect(settings.database_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -50,3 +52,38 @@ def test_bulk_histogram_counts_like_prometheus(served: tuple[Metrics, str]) -> N
     assert samples[("pudato_event_to_row_seconds_bucket", "+Inf")] == 5
     assert samples[("pudato_event_to_row_seconds_count", None)] == 5
     assert samples[("pudato_events_applied_total", None)] == 5
+
+
+def test_idle_connections_block_no_one(served: tuple[Metrics, str]) -> None:
+    _metrics, base = served
+    port = int(base.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+    half = socket.create_connection(("127.0.0.1", port))
+    half.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # a request that never ends
+    try:
+        started = time.monotonic()
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert _get(f"{base}{path}")[0] in (200, 503)
+        assert time.monotonic() - started < 2
+    finally:
+        for conn in [*idle, half]:
+            conn.close()
+
+
+def test_healthz_fails_when_the_loop_stalls_with_work_pending() -> None:
+    now = [1000.0]
+    metrics = Metrics(stall_timeout_s=60, clock=lambda: now[0])
+    port = metrics.serve("127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        metrics.progressed(work_pending=True)
+        now[0] += 59
+        assert _get(f"{base}/healthz")[0] == 200
+        now[0] += 2
+        status, text = _get(f"{base}/healthz")
+        assert (status, text) == (503, "stalled: no progress for 61 s with work pending\n")
+        metrics.progressed(work_pending=False)  # caught up: idle is healthy however long
+        now[0] += 3600
+        assert _get(f"{base}/healthz")[0] == 200
+    finally:
+        metrics.close()

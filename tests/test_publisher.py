@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -11,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pudato_registry import kafka, wire
+from pudato_registry import factory, kafka, wire
 from pudato_registry.devstack import DevStack
 from pudato_registry.events import DataReference, Event, ExecutionRecord
 from pudato_registry.projection import fold
 from pudato_registry.publisher import Registry
-from pudato_registry.settings import Settings
+from pudato_registry.settings import MIB, Settings
 from pudato_registry.spool import Spool
 from pudato_registry.validate import Rejection, validate
 from tests.helpers import drain, expected_rows, table_rows, wait_for
@@ -33,10 +35,10 @@ class RecordingRegistry(Registry):
         super().__init__(settings)
         self.emitted: list[Event] = []
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> bool:
         """Remember, then publish."""
         self.emitted.append(event)
-        super().emit(event)
+        return super().emit(event)
 
 
 def pipeline(registry: Registry, steps: int = 3, fail_at: int | None = None) -> str:
@@ -224,3 +226,163 @@ def test_one_registry_serves_many_threads(publisher_settings: Settings) -> None:
     events = _topic_events(publisher_settings)
     assert len({e.event_id for e in events}) == len(events) == 40 * per_job
     assert {e.job_id for e in events} == set(job_ids)
+
+
+# --- hardening: nothing a pipeline emits can wedge the publisher --------------------------------
+
+
+def test_an_event_the_worker_would_refuse_is_refused_at_emit_and_never_spooled(
+        publisher_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    registry = Registry(publisher_settings)
+    assert registry.job_submitted("j", pipeline="p" * 600, logic_version="v") is None
+    assert registry.job_submitted("k", pipeline="p" * 700, logic_version="v") is None
+    assert registry.job_started("j", metadata={"blob": "x" * (2 * MIB)}) is None  # too large
+    assert not registry.emit(factory.job_started("j", metadata={"nul": "a\x00b"}))
+    kept = registry.job_submitted("j", pipeline="p", logic_version="v")
+    assert kept is not None
+    registry.close()
+    assert registry.stats.rejected == 4
+    assert registry.stats.emitted == registry.stats.delivered == 1
+    assert registry.spool.count() == 0
+    refusals = [r.getMessage() for r in caplog.records if "refused a" in r.getMessage()]
+    assert len(refusals) == 3  # once per kind: the second over-long pipeline only counted
+    assert all(len(line) < 800 for line in refusals)
+    assert [e.event_id for e in _topic_events(publisher_settings)] == [kept.event_id]
+
+
+def test_a_three_megabyte_error_is_cut_and_delivered(publisher_settings: Settings) -> None:
+    registry = RecordingRegistry(publisher_settings)
+    with pytest.raises(RuntimeError), registry.job(pipeline="p", logic_version="v"):
+        raise RuntimeError("SELECT " + "x" * 3_000_000)
+    after = pipeline(registry, steps=2)
+    registry.close()
+    assert registry.stats.rejected == 0
+    assert registry.producer.stats.delivered == len(registry.emitted)
+    drain(publisher_settings)
+    jobs, _steps = table_rows(publisher_settings.database_dsn)
+    (failed,) = [j for j in jobs if j["status"] == "failed"]
+    assert len(failed["error"].encode()) <= factory.ERROR_MAX_BYTES
+    assert failed["error"].startswith("RuntimeError: SELECT xxx")
+    assert failed["error"].endswith("bytes in all, the first ones kept]")
+    assert {j["job_id"] for j in jobs} >= {after}
+
+
+def test_spooled_events_the_broker_refuses_for_good_are_set_aside(
+        publisher_settings: Settings) -> None:
+    good = factory.job_submitted("spooled", pipeline="p", logic_version="v")
+    spool = Spool(publisher_settings.spool_dir)
+    spool.put([  # left by an older publisher: one the client refuses, one the topic refuses
+        (1, 0, b"k", os.urandom(3 * MIB)),
+        (2, 0, b"k", os.urandom(MIB + 200 * 1024)),  # random: compression cannot shrink it
+        (3, 0, good.correlation_id.encode(), factory.encode(good)),
+    ])
+    spool.close()
+    registry = Registry(publisher_settings)
+    registry.job_succeeded("spooled")
+    assert registry.drain_spool(60) == 0
+    assert registry.producer.alive
+    registry.job_failed("spooled", error="and still delivering")
+    registry.close()
+    assert registry.stats.set_aside == 2
+    assert Spool(publisher_settings.spool_dir).set_aside_count() == 2
+    assert sorted(e.event_type for e in _topic_events(publisher_settings)) == [
+        "job.failed", "job.submitted", "job.succeeded"]
+
+
+def test_a_corrupt_spool_is_renamed_aside_and_a_fresh_one_started(
+        publisher_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    directory = publisher_settings.spool_dir
+    directory.mkdir(parents=True)
+    (directory / "spool.sqlite3").write_bytes(b"this is not a database" * 100)
+    registry = RecordingRegistry(publisher_settings)
+    job_id = pipeline(registry, steps=1)
+    registry.close()
+    assert registry.stats.delivered == len(registry.emitted)
+    assert [p.name.split("-")[0] for p in directory.glob("spool.sqlite3.corrupt-*")] == [
+        "spool.sqlite3.corrupt"]
+    assert any("cannot be read" in r.getMessage() for r in caplog.records)
+    assert {e.job_id for e in _topic_events(publisher_settings)} == {job_id}
+
+
+def test_the_spool_is_private_to_its_user(publisher_settings: Settings) -> None:
+    directory = publisher_settings.spool_dir
+    directory.mkdir(mode=0o755, parents=True)
+    directory.chmod(0o755)
+    spool = Spool(directory)
+    spool.put([(1, 0, b"k", b"secret parameters")])
+    spool.close()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in directory.glob("spool.sqlite3*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+SIGTERM_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pudato_registry.publisher import Registry, exit_on_sigterm
+    registry = Registry()
+    exit_on_sigterm()
+    with registry.job(pipeline="long", logic_version="v") as job:
+        with job.step("wait", handler_type="h", action="a"):
+            print(job.job_id, flush=True)
+            time.sleep(120)
+""")
+
+
+def _sigterm_pipeline(s: Settings) -> tuple[str, subprocess.Popen[str]]:
+    env = {**os.environ, "PUDATO_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+           "PUDATO_TOPIC": s.topic, "PUDATO_SPOOL_DIR": str(s.spool_dir),
+           "PUDATO_CLOSE_TIMEOUT_S": "2", "PUDATO_DELIVERY_TIMEOUT_MS": "60000",
+           # Longer than the test waits: only close() on the way out sends them.
+           "PUDATO_KAFKA": '{"linger.ms": "30000"}'}
+    process = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).parents[1])
+    assert process.stdout is not None
+    job_id = process.stdout.readline().strip()
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    return job_id, process
+
+
+def _cancelled_by_sigterm(s: Settings, job_id: str) -> None:
+    drain(s)
+    jobs, steps = table_rows(s.database_dsn)
+    assert [(j["job_id"], j["status"], j["error"]) for j in jobs] == [
+        (job_id, "cancelled", "terminated by SIGTERM")]
+    assert [(st["status"], st["error"]) for st in steps] == [("failed", "terminated by SIGTERM")]
+
+
+def test_sigterm_loses_nothing_a_pipeline_had_emitted(publisher_settings: Settings) -> None:
+    job_id, _process = _sigterm_pipeline(publisher_settings)
+    assert Spool(publisher_settings.spool_dir).count() == 0  # all delivered on the way out
+    _cancelled_by_sigterm(publisher_settings, job_id)
+
+
+def test_sigterm_with_the_broker_down_spools_everything(dev_stack: DevStack,
+                                                        outage_settings: Settings) -> None:
+    dev_stack.stop_kafka()
+    try:
+        job_id, _process = _sigterm_pipeline(outage_settings)
+        assert Spool(outage_settings.spool_dir).count() == 5  # job x2, step x2, job end
+    finally:
+        dev_stack.start_kafka(timeout=60)
+    registry = Registry(outage_settings)
+    assert registry.drain_spool(60) == 0
+    registry.close()
+    _cancelled_by_sigterm(outage_settings, job_id)
+
+
+def test_a_kafka_client_that_cannot_be_built_spools_instead_of_losing(
+        publisher_settings: Settings) -> None:
+    broken = publisher_settings.replace(kafka={"linger.ms": "60000"})  # over the 2 s timeout
+    registry = RecordingRegistry(broken)
+    pipeline(registry, steps=1)
+    assert registry.stats.rejected == 0
+    assert registry.spool.count() == len(registry.emitted)
+    registry.close()
+    fixed = Registry(publisher_settings)
+    assert fixed.drain_spool(60) == 0
+    fixed.close()
+    assert {e.event_id for e in _topic_events(publisher_settings)} == {
+        e.event_id for e in registry.emitted}

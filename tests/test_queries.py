@@ -99,3 +99,43 @@ def test_jobs_show_is_a_timeline(graph: Settings, capsys: pytest.CaptureFixture[
     assert "report" in text
     assert "1000" in text  # duration_ms of each step
     assert main(["jobs", "show", "nope", "--database-url", graph.database_dsn]) == 1
+
+
+@pytest.fixture
+def fan(settings: Settings) -> Settings:
+    """300 steps each write one table; one step reads them all; two steps read its output."""
+    t = NOW - timedelta(hours=2)
+    events: list[Event] = [factory.job_submitted("fan", pipeline="fan", logic_version="v",
+                                                 occurred_at=t)]
+    for i in range(300):
+        events += _step("fan", f"src{i:03d}", [], [f"src.t{i:03d}"], t)
+    events += _step("fan", "merge", [f"src.t{i:03d}" for i in range(300)], ["mart.all"],
+                    t + timedelta(minutes=1))
+    for name in ("read_a", "read_b"):  # each reads mart.all twice over: found once
+        events += _step("fan", name, ["mart.all", "src.t000"], [f"out.{name}"],
+                        t + timedelta(minutes=2))
+    produce(settings, messages_of(events))
+    drain(settings)
+    return settings
+
+
+def test_lineage_fans_in_once_per_step_and_stops_at_its_limit(
+        fan: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    up = _run(fan, capsys, "lineage", "mart.all", "--upstream", "--depth", "2")
+    assert [h["step_name"] for h in up][:1] == ["merge"]
+    assert len(up) == 301
+    assert len({h["step_id"] for h in up}) == 301
+    down = _run(fan, capsys, "lineage", "src.t000", "--downstream")
+    assert sorted((h["depth"], h["step_name"]) for h in down) == [
+        (1, "merge"), (1, "read_a"), (1, "read_b")]  # read_a/b once, at the first depth
+    assert main(["lineage", "mart.all", "--upstream", "--limit", "100",
+                 "--database-url", fan.database_dsn]) == 0
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if "src" in line]) == 99
+    assert out.rstrip().splitlines()[-1].startswith("... and 201 more steps at depth 2")
+
+
+def test_lineage_depth_is_capped(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["lineage", "x", "--upstream", "--depth", "21"])
+    assert "at most 20 hops" in capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -90,3 +92,120 @@ def test_verify_finds_a_tampered_row_and_reapply_repairs_it(
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     assert main(["replay", "--since", since, *_args(settings)]) == 0
     assert table_rows(settings.database_dsn) == expected_rows(events)
+
+
+# --- replay that cannot lose rows ---------------------------------------------------------------
+
+@pytest.fixture
+def loaded(settings: Settings) -> Settings:
+    """Settings whose topic holds a workload already applied to the tables."""
+    produce(settings, messages_of(workload(1_500)))
+    drain(settings)
+    return settings
+
+
+def _refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_second_replay_names_the_first_and_exits_at_once(
+        loaded: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    with psycopg.connect(loaded.database_dsn, autocommit=True,
+                         application_name="the-first-replay") as first:
+        first.execute("SELECT pg_advisory_lock(%s)", (store.REPLAY_LOCK,))
+        started = time.monotonic()
+        err = _refused(capsys, ["replay", *_args(loaded)])
+        assert time.monotonic() - started < 5
+    assert "another replay is running" in err
+    assert "the-first-replay" in err
+    assert main(["replay", *_args(loaded)]) == 0  # and once it is gone, one may run
+
+
+def test_a_topic_that_lost_its_head_is_not_rebuilt_unless_accepted(
+        loaded: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from confluent_kafka import TopicPartition  # noqa: PLC0415
+
+    from pudato_registry import kafka  # noqa: PLC0415
+
+    before = table_rows(loaded.database_dsn)
+    admin = kafka.make_admin(loaded)
+    for future in admin.delete_records([TopicPartition(loaded.topic, 1, 10)]).values():
+        future.result(30)
+    err = _refused(capsys, ["replay", *_args(loaded)])
+    assert "partition 1: the first 10 events" in err
+    assert "--accept-trimmed" in err
+    assert table_rows(loaded.database_dsn) == before
+    assert main(["replay", "--accept-trimmed", *_args(loaded)]) == 0
+
+
+def test_the_new_tables_keep_the_old_grants(loaded: Settings) -> None:
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(loaded.database_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        conn.execute(f"GRANT SELECT, INSERT, UPDATE ON pudato_jobs, pudato_job_steps TO {role}")
+        conn.execute(f"GRANT SELECT ON pudato_job_state TO {role} WITH GRANT OPTION")
+    try:
+        assert main(["replay", *_args(loaded)]) == 0
+        with psycopg.connect(loaded.database_dsn) as conn:
+            granted = conn.execute(
+                "SELECT table_name, privilege_type, is_grantable FROM "
+                "information_schema.role_table_grants WHERE grantee = %s ORDER BY 1, 2",
+                (role,)).fetchall()
+        assert granted == [
+            ("pudato_job_state", "SELECT", "YES"),
+            ("pudato_job_steps", "INSERT", "NO"), ("pudato_job_steps", "SELECT", "NO"),
+            ("pudato_job_steps", "UPDATE", "NO"),
+            ("pudato_jobs", "INSERT", "NO"), ("pudato_jobs", "SELECT", "NO"),
+            ("pudato_jobs", "UPDATE", "NO")]
+    finally:
+        with psycopg.connect(loaded.database_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+def test_what_depends_on_the_live_tables_is_listed_and_nothing_swapped(
+        loaded: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    with psycopg.connect(loaded.database_dsn, autocommit=True) as conn:
+        conn.execute("CREATE VIEW failed_jobs AS SELECT job_id FROM pudato_jobs "
+                     "WHERE status = 'failed'")
+        conn.execute("CREATE INDEX jobs_by_dag_run ON pudato_jobs (dag_run_id)")
+    err = _refused(capsys, ["replay", *_args(loaded)])
+    assert "view failed_jobs" in err
+    assert "index jobs_by_dag_run" in err
+    with psycopg.connect(loaded.database_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM failed_jobs").fetchone() is not None
+        assert conn.execute("SELECT to_regnamespace(%s)", (store.SHADOW_SCHEMA,)).fetchone() \
+            == (None,)
+    assert main(["replay", "--verify", *_args(loaded)]) == 0  # verify swaps nothing
+
+
+def test_waiting_for_the_swap_never_stalls_readers(loaded: Settings) -> None:
+    long_reader = psycopg.connect(loaded.database_dsn)
+    long_reader.execute("SELECT count(*) FROM pudato_jobs").fetchone()  # holds ACCESS SHARE
+    outcome: list[int] = []
+    replaying = threading.Thread(target=lambda: outcome.append(main(["replay",
+                                                                     *_args(loaded)])))
+    replaying.start()
+    try:
+        with psycopg.connect(loaded.database_dsn, autocommit=True) as watcher:
+            def swap_waiting() -> bool:
+                return watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LOCK TABLE%%'"
+                    " AND datname = current_database()").fetchone() != (0,)
+
+            wait_for(swap_waiting, what="the replay to try its swap")
+            slowest = 0.0
+            for _ in range(20):  # about two seconds of readers arriving meanwhile
+                began = time.monotonic()
+                watcher.execute("SELECT count(*) FROM pudato_jobs").fetchone()
+                slowest = max(slowest, time.monotonic() - began)
+                time.sleep(0.1)  # readers arrive over time: the thing under test
+        assert slowest < 1.0
+        assert replaying.is_alive()  # still waiting for the long reader, giving way
+    finally:
+        long_reader.close()
+        replaying.join(120)
+    assert outcome == [0]

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from pydantic import ValidationError
 
 from pudato_registry import logs
-from pudato_registry.settings import Settings, redact_url
+from pudato_registry.present import safe
+from pudato_registry.settings import Settings, redact_dsn
 
 log = logging.getLogger("pudato_registry")
 
@@ -44,7 +46,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["log_json"] = True
     base = Settings(**overrides)
     if args.kafka_config:
-        extra = dict(base.kafka)
+        extra = base.kafka_config()
         for item in args.kafka_config:
             key, sep, value = item.partition("=")
             if not sep:
@@ -105,6 +107,9 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     mode = replay.add_mutually_exclusive_group()
     mode.add_argument("--verify", action="store_true",
                       help="compare the rebuild with the live tables instead of swapping")
+    replay.add_argument("--accept-trimmed", action="store_true",
+                        help="rebuild although the topic lost its first events (their jobs "
+                             "are then gone from the tables)")
     mode.add_argument("--since", type=_time, metavar="TIME",
                       help="re-apply events since TIME (ISO 8601, or 2h / 30m / 1d ago)")
     mode.add_argument("--correlation-id", metavar="ID",
@@ -128,7 +133,7 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--since", type=_time, metavar="TIME", help="created since TIME")
     listing.add_argument("--stuck", type=_duration, metavar="DURATION",
                          help="running longer than DURATION with no terminal event")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_count, default=50, help="most jobs shown (50)")
     listing.add_argument("--json", action="store_true")
     show = jobs_sub.add_parser("show", parents=[common], help="a job and its steps")
     show.add_argument("job_id")
@@ -140,20 +145,48 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     direction = lineage.add_mutually_exclusive_group()
     direction.add_argument("--upstream", action="store_true", help="walk to what it came from")
     direction.add_argument("--downstream", action="store_true", help="walk to what it fed")
-    lineage.add_argument("--depth", type=int, default=3, help="hops to walk (default 3)")
+    lineage.add_argument("--depth", type=_hops, default=3,
+                         help="hops to walk (default 3, at most 20)")
+    lineage.add_argument("--limit", type=_count, default=1000,
+                         help="most steps shown (default 1000)")
     lineage.add_argument("--json", action="store_true")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_LONGEST = timedelta(days=36_500)  # a century: anything longer is a typo
 
 
 def _duration(text: str) -> timedelta:
     """`90s`, `15m`, `2h`, `1.5d`."""
     number, unit = text[:-1], text[-1:]
     try:
-        return timedelta(seconds=float(number) * _UNITS[unit])
+        duration = timedelta(seconds=float(number) * _UNITS[unit])
     except (KeyError, ValueError):
         raise argparse.ArgumentTypeError(f"{text!r}: a number and s, m, h or d") from None
+    except OverflowError:
+        duration = timedelta.max
+    if duration < timedelta(0) or duration > _LONGEST:
+        raise argparse.ArgumentTypeError(f"{text!r}: from 0 to {_LONGEST.days}d")
+    return duration
+
+
+def _hops(text: str) -> int:
+    """A depth of 1 to 20 hops."""
+    value = _count(text)
+    if value > 20:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most 20 hops")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
 
 
 def _time(text: str) -> datetime:
@@ -168,14 +201,58 @@ def _time(text: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script: one clear line and exit 1 for any failure."""
     args = _parser().parse_args(argv)
-    settings = _settings(args)
-    logs.configure(settings.log_level, settings.log_json)
+    try:
+        settings = _settings(args)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        print(f"pudato-registry: bad setting {'.'.join(map(str, error['loc']))} (flag or "
+              f"PUDATO_* variable): {error['msg']}", file=sys.stderr)
+        return 2
+    scrub = logs.Scrub(settings.secrets())
+    logs.configure(settings.log_level, settings.log_json, scrub.secrets)
     try:
         return _dispatch(args, settings)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # every failure a person can meet: one line, no traceback
+        if log.isEnabledFor(logging.DEBUG):
+            log.exception("%s failed", args.command)
+        line = safe(" ".join(scrub.text(explain(exc, settings)).split()))
+        print(f"pudato-registry {args.command}: {line}", file=sys.stderr)
+        return 1
+
+
+def explain(exc: BaseException, settings: Settings) -> str:
+    """What failed, where, and what to try, for a person: one line, no traceback."""
+    import psycopg  # noqa: PLC0415 - fast start-up for the commands that need no database
+    from confluent_kafka import KafkaException  # noqa: PLC0415
+
+    from pudato_registry import kafka, store  # noqa: PLC0415
+
+    database = redact_dsn(settings.database_dsn)
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+        return (f"the registry's tables are missing or old in {database} "
+                f"({exc.diag.message_primary}); run `pudato-registry migrate`")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return (f"the database user of {database} lacks a privilege: "
+                f"{exc.diag.message_primary}; grant it (see the README's production example)")
+    if isinstance(exc, psycopg.OperationalError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"cannot use PostgreSQL at {database}: {first}; is it running and reachable? "
+                "For a local one: `pudato-registry dev up`")
+    if isinstance(exc, psycopg.Error):
+        return f"PostgreSQL at {database} refused: {store.describe(exc)}"
+    if isinstance(exc, kafka.TopicMissingError):
+        return str(exc)
+    if isinstance(exc, KafkaException | kafka.DeliveryError | TimeoutError):
+        return (f"cannot use Kafka at {settings.bootstrap_servers}: {exc}; is it running and "
+                "reachable? For a local one: `pudato-registry dev up`, then "
+                "`pudato-registry topics create`")
+    if isinstance(exc, OSError | ValueError | RuntimeError):
+        return f"{exc}" if str(exc) else type(exc).__name__
+    return f"{type(exc).__name__}: {exc} (--log-level DEBUG shows the traceback)"
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -217,7 +294,7 @@ def _migrate(settings: Settings) -> int:
 
     applied = store.migrate(settings.database_dsn)
     names = ", ".join(f"{m.version:03d}_{m.name}" for m in applied)
-    print(f"{redact_url(settings.database_dsn)}: applied {names or 'nothing (up to date)'}")
+    print(f"{redact_dsn(settings.database_dsn)}: applied {names or 'nothing (up to date)'}")
     return 0
 
 
@@ -226,7 +303,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from pudato_registry.loop import FatalError, Worker  # noqa: PLC0415
 
     log.info("worker starting: kafka %s (%s), database %s", settings.bootstrap_servers,
-             settings.kafka_config_redacted(), redact_url(settings.database_dsn))
+             settings.kafka_config_redacted(), redact_dsn(settings.database_dsn))
     if args.migrate:
         store.migrate(settings.database_dsn)
     if args.create_topics:
@@ -260,7 +337,8 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             report = replay.reapply(settings, since=args.since,
                                     correlation_id=args.correlation_id)
         else:
-            report = replay.rebuild(settings, verify=args.verify)
+            report = replay.rebuild(settings, verify=args.verify,
+                                    accept_trimmed=args.accept_trimmed)
     except FatalError as exc:
         log.error("replay stopped: %s", exc)
         return 1
@@ -282,7 +360,9 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     report = dlq.redrive(settings, kind=args.kind, since=args.since)
     print(f"redrive: {report.selected} selected, {report.redriven} re-published to "
-          f"{settings.topic}, {report.already} redriven before (skipped)")
+          f"{settings.topic}, {report.already} redriven before (skipped)"
+          + (f", {report.truncated} truncated letters skipped (their originals stay at their "
+             "source.* offsets in the event topic)" if report.truncated else ""))
     return 0
 
 
@@ -292,14 +372,19 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
 
     dsn = settings.database_dsn
     if args.command == "lineage":
-        hops = queries.lineage(dsn, args.location, upstream=args.upstream,
-                               downstream=args.downstream, depth=args.depth)
+        walked = queries.lineage(dsn, args.location, upstream=args.upstream,
+                                downstream=args.downstream, depth=args.depth,
+                                limit=args.limit)
         rows = [{"depth": h.depth, "relation": h.relation, "location": h.location,
                  **{k: h.step[k] for k in ("step_id", "job_id", "step_name", "status",
-                                           "completed_at")}} for h in hops]
+                                           "completed_at")}} for h in walked.hops]
         print(as_json(rows) if args.json else table(
             rows, ["depth", "relation", "location", "step_name", "status", "job_id",
                    "step_id", "completed_at"]))
+        if walked.more:
+            print(f"... and {walked.more} more steps at depth {walked.cut_at_depth}, and the "
+                  f"hops past it, not shown: raise --limit (now {args.limit}) or lower --depth",
+                  file=sys.stderr if args.json else sys.stdout)
         return 0
     if args.jobs_command == "list":
         found = queries.list_jobs(dsn, queries.JobFilter(
@@ -341,7 +426,8 @@ def _publish(source: str, wait: float, settings: Settings) -> int:
             event = validate(value, settings.max_message_bytes)
             if isinstance(event, Rejection):
                 invalid += 1
-                print(f"{source}:{number}: {event.kind.value}: {event.message}", file=sys.stderr)
+                print(f"{source}:{number}: {event.kind.value}: {safe(event.message)}",
+                      file=sys.stderr)
                 continue
             registry.emit(EVENT_ADAPTER.validate_json(value))  # valid, so the models agree
             sent += 1

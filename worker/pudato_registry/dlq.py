@@ -19,6 +19,13 @@ from pudato_registry import kafka, store
 from pudato_registry.settings import Settings
 
 
+def _number(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """One message of the dead-letter topic."""
@@ -48,8 +55,21 @@ class DeadLetter:
     @property
     def dead_lettered_at(self) -> datetime | None:
         """When the worker dead-lettered it."""
-        stamp = self.headers.get("dead_lettered_at")
-        return datetime.fromisoformat(stamp) if stamp else None
+        try:
+            return datetime.fromisoformat(self.headers.get("dead_lettered_at", ""))
+        except ValueError:  # absent or not a time: a letter written by someone else
+            return None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the letter carries only a prefix of its value (or key)."""
+        return "true" in (self.headers.get("value.truncated"), self.headers.get("key.truncated"))
+
+    def source_position(self) -> tuple[str | None, int | None, int | None]:
+        """(topic, partition, offset) of the original, each None where a header is not one."""
+        h = self.headers
+        return h.get("source.topic"), _number(h.get("source.partition")), _number(
+            h.get("source.offset"))
 
     def digest(self) -> str:
         """SHA-256 of key and value: the identity redrive records."""
@@ -98,6 +118,7 @@ class RedriveReport:
     selected: int
     redriven: int
     already: int
+    truncated: int = 0  # letters holding a prefix only: not redriven (the original is kept)
 
 
 def redrive(settings: Settings, *, kind: str | None = None,
@@ -106,8 +127,9 @@ def redrive(settings: Settings, *, kind: str | None = None,
     chosen = select(read_all(settings), kind=kind, since=since)
     done = store.redriven_digests(settings.database_dsn, [d.digest() for d in chosen])
     todo: dict[str, DeadLetter] = {}
+    cut = [letter for letter in chosen if letter.truncated]
     for letter in chosen:
-        if letter.digest() not in done:
+        if letter.digest() not in done and not letter.truncated:
             todo.setdefault(letter.digest(), letter)
     producer = kafka.make_producer(settings, **{"client.id": "pudato-redrive"})
     kafka.deliver(producer, settings.topic, (
@@ -116,8 +138,7 @@ def redrive(settings: Settings, *, kind: str | None = None,
         for letter in todo.values()
     ), 60.0)
     store.record_redriven(settings.database_dsn, [
-        (digest, d.kind, d.headers.get("source.topic"), d.headers.get("source.partition"),
-         d.headers.get("source.offset")) for digest, d in todo.items()
+        (digest, d.kind, *d.source_position()) for digest, d in todo.items()
     ])
     return RedriveReport(selected=len(chosen), redriven=len(todo),
-                         already=len(chosen) - len(todo))
+                         already=len(chosen) - len(todo) - len(cut), truncated=len(cut))

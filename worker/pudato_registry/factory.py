@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from pudato_registry import events as ev
 
@@ -24,6 +24,25 @@ def _envelope(job_id: str, correlation_id: str | None, occurred_at: datetime | N
         "correlation_id": correlation_id or job_id,
         "job_id": job_id,
     }
+
+
+ERROR_MAX_BYTES = 64 * 1024  # docs/events-v1.md, "Limits": the SDK cuts error texts here
+
+
+@overload
+def cut_error(text: str) -> str: ...
+@overload
+def cut_error(text: None) -> None: ...
+def cut_error(text: str | None) -> str | None:
+    """An error text cut to 64 KiB of UTF-8, at a character boundary, saying that it was cut."""
+    if text is None:
+        return None
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= ERROR_MAX_BYTES:
+        return text
+    marker = f"\n[... cut: {len(encoded):,} bytes in all, the first ones kept]"
+    room = ERROR_MAX_BYTES - len(marker.encode())
+    return encoded[:room].decode("utf-8", "ignore") + marker
 
 
 def encode(event: ev.Event) -> bytes:
@@ -72,7 +91,7 @@ def job_failed(job_id: str, *, error: str, metadata: dict[str, Any] | None = Non
     """A ``job.failed`` event."""
     return ev.JobFailed(**_envelope(job_id, correlation_id, occurred_at, event_id),
                         event_type="job.failed",
-                        data=ev.JobFailedData(error=error, metadata=metadata))
+                        data=ev.JobFailedData(error=cut_error(error), metadata=metadata))
 
 
 def job_cancelled(job_id: str, *, error: str | None = None,
@@ -82,7 +101,7 @@ def job_cancelled(job_id: str, *, error: str | None = None,
     """A ``job.cancelled`` event."""
     return ev.JobCancelled(**_envelope(job_id, correlation_id, occurred_at, event_id),
                            event_type="job.cancelled",
-                           data=ev.JobCancelledData(error=error, metadata=metadata))
+                           data=ev.JobCancelledData(error=cut_error(error), metadata=metadata))
 
 
 def step_submitted(job_id: str, step_id: str, *, step_name: str, handler_type: str,
@@ -159,7 +178,7 @@ def step_failed(job_id: str, step_id: str, *, error: str,
         **_envelope(job_id, correlation_id, occurred_at, event_id), step_id=step_id,
         event_type="step.failed",
         data=ev.StepFailedData(
-            error=error, **_result(inputs, outputs, executions), duration_ms=duration_ms,
+            error=cut_error(error), **_result(inputs, outputs, executions), duration_ms=duration_ms,
             metadata=metadata, step_name=step_name, handler_type=handler_type, action=action,
         ),
     )
@@ -174,6 +193,6 @@ def step_skipped(job_id: str, step_id: str, *, error: str | None = None,
     return ev.StepSkipped(
         **_envelope(job_id, correlation_id, occurred_at, event_id), step_id=step_id,
         event_type="step.skipped",
-        data=ev.StepSkippedData(error=error, metadata=metadata, step_name=step_name,
+        data=ev.StepSkippedData(error=cut_error(error), metadata=metadata, step_name=step_name,
                                 handler_type=handler_type, action=action),
     )

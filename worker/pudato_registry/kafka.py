@@ -105,7 +105,7 @@ log = logging.getLogger(__name__)
 
 def _base(settings: Settings) -> dict[str, Any]:
     return {"bootstrap.servers": settings.bootstrap_servers, "logger": CLIENT_LOG,
-            **settings.kafka}
+            **settings.kafka_config()}
 
 
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -132,7 +132,10 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    """librdkafka settings of a producer: idempotent, acks=all, compressed, small linger."""
+    """librdkafka settings of a producer: idempotent, acks=all, compressed, small linger.
+
+    ``PUDATO_KAFKA`` may change any of these defaults (``linger.ms``, say).
+    """
     return {
         **_base(settings),
         "enable.idempotence": True,
@@ -140,6 +143,7 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "compression.type": "lz4",
         "linger.ms": 5,
         "message.max.bytes": max(settings.max_message_bytes * 2, 1024 * 1024),
+        **settings.kafka_config(),
         **overrides,
     }
 
@@ -351,6 +355,14 @@ class PartitionReader:
     def partitions(self, timeout: float = 10.0) -> list[int]:
         """The topic's partition ids."""
         return _partitions(self._consumer, self.topic, timeout)
+
+    def start_offsets(self, timeout: float = 10.0) -> dict[int, int]:
+        """Each partition's first offset still held (above 0 once retention trimmed it)."""
+        return {
+            p: int(self._consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                        timeout=timeout, cached=False)[0])
+            for p in self.partitions(timeout)
+        }
 
     def end_offsets(self, timeout: float = 10.0) -> dict[int, int]:
         """Each partition's end (the offset the next message will get), asked of the broker."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -25,9 +26,34 @@ class JsonFormatter(logging.Formatter):
         return msgspec.json.encode(entry).decode()
 
 
-def configure(level: str = "INFO", json: bool = False) -> None:
-    """Send the package's logs to stderr, as text or JSON lines."""
+class Scrub(logging.Filter):
+    """Replaces each secret (a password, a SASL secret) with ``***`` in every record."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        """``text`` with every secret masked."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask the record's message and exception text; keep the record."""
+        if self.secrets:
+            record.msg, record.args = self.text(record.getMessage()), None
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            if record.exc_text:
+                record.exc_text = self.text(record.exc_text)
+        return True
+
+
+def configure(level: str = "INFO", json: bool = False, secrets: Sequence[str] = ()) -> None:
+    """Send the package's logs to stderr, as text or JSON lines, with ``secrets`` masked."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(Scrub(secrets))
     handler.setFormatter(
         JsonFormatter() if json
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")

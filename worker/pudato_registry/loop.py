@@ -297,12 +297,13 @@ class Worker:
         self.consumer = consumer or kafka.make_consumer(settings)
         self.producer = producer or kafka.make_producer(settings, **{"client.id": "pudato-dlq"})
         self.store = store or Store(settings.database_dsn)
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(stall_timeout_s=settings.stall_timeout_s)
         self.stats = Stats()
         self._stop = threading.Event()
         self._assigned: set[Partition] = set()
         self._at_end: set[Partition] = set()
         self._lag_due = 0.0
+        self._behind = 0  # messages behind, over the assigned partitions, as last observed
         self._consume_errors: set[int] = set()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
         self._inflight: tuple[Batch, Future[_Written], float] | None = None
@@ -331,6 +332,9 @@ class Worker:
                 elif self._inflight is not None:
                     self._settle()  # nothing new: acknowledge the last batch now, not later
                 self._observe_lag()
+                # For /healthz: the loop went round; is there more to do?
+                self.metrics.progressed(work_pending=self._inflight is not None
+                                        or self._behind > 0)
                 if drain and self._assigned and self._assigned <= self._at_end:
                     self._settle()
                     if self._assigned <= self._at_end:
@@ -592,6 +596,7 @@ class Worker:
             if position.offset >= 0 and high >= 0:
                 lags.append((position.topic, position.partition, high - position.offset))
         self.metrics.observe_lag(lags)
+        self._behind = sum(lag for _t, _p, lag in lags)
 
     def _close(self) -> None:
         self._writer.shutdown(wait=True)

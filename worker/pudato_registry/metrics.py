@@ -2,7 +2,15 @@
 
 Each worker has its own registry, so several workers can live in one process
 (tests do that). The server starts in :meth:`Metrics.serve`, never in the
-constructor.
+constructor. It serves each connection in a thread of its own (daemon
+threads: none keeps the process from exiting) and drops a connection that
+sends nothing for ``timeout`` seconds, so that no client, idle or slow, can
+block the probes or the worker's shutdown.
+
+``/healthz`` answers 503 when the loop has made no progress for
+``stall_timeout_s`` while it had work (a batch in flight, or lag): a worker
+stuck somewhere is restarted by its orchestrator. ``/readyz`` answers 503
+while the worker retries a failure.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -71,14 +80,28 @@ def _bound(value: float) -> str:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10.0  # seconds a client may stay silent before its connection is dropped
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line each."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One daemon thread per connection: a slow client holds only its own thread."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or hung up is its own affair: no traceback on stderr."""
 
 
 class Metrics:
     """The worker's collectors, and readiness as the loop reports it."""
 
-    def __init__(self) -> None:
+    def __init__(self, stall_timeout_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_timeout_s = stall_timeout_s
+        self._clock = clock
         self.registry = CollectorRegistry()
         r = self.registry
         self.consumed = Counter("pudato_events_consumed", "messages consumed", registry=r)
@@ -101,13 +124,27 @@ class Metrics:
         self.lag = Gauge("pudato_consumer_lag", "messages behind the partition's end",
                          ["topic", "partition"], registry=r)
         self._ready = False
-        self._last_progress = time.monotonic()
+        self._last_progress = clock()
+        self._work_pending = False
         self._server: WSGIServer | None = None
 
     def set_ready(self, ready: bool) -> None:
         """The loop says whether it holds a working consumer and database connection."""
         self._ready = ready
-        self._last_progress = time.monotonic()
+
+    def progressed(self, *, work_pending: bool) -> None:
+        """The loop moved on (acknowledged a batch, or found nothing to do)."""
+        self._last_progress = self._clock()
+        self._work_pending = work_pending
+
+    def has_work(self, pending: bool) -> None:
+        """Whether the loop has work: a batch in flight, or messages behind."""
+        self._work_pending = pending
+
+    def stalled_for(self) -> float | None:
+        """Seconds without progress while there was work, once over the limit; else None."""
+        idle = self._clock() - self._last_progress
+        return idle if self._work_pending and idle > self.stall_timeout_s else None
 
     def observe_lag(self, lags: Iterable[tuple[str, int, int]]) -> None:
         """Record (topic, partition, lag) of the assigned partitions."""
@@ -117,8 +154,12 @@ class Metrics:
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/healthz":
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"ok\n"]
+            stalled = self.stalled_for()
+            if stalled is None:
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ok\n"]
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [f"stalled: no progress for {stalled:.0f} s with work pending\n".encode()]
         if path == "/readyz":
             if self._ready:
                 start_response("200 OK", [("Content-Type", "text/plain")])
@@ -129,7 +170,8 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics, /healthz and /readyz in a daemon thread; return the bound port."""
-        self._server = make_server(host, port, self._app, handler_class=_QuietHandler)
+        self._server = make_server(host, port, self._app, server_class=_Server,
+                                   handler_class=_QuietHandler)
         threading.Thread(target=self._server.serve_forever, name="pudato-metrics",
                          daemon=True).start()
         return int(self._server.server_port)

@@ -1,4 +1,10 @@
-"""Plain-text tables and JSON for the commands' output."""
+"""Plain-text tables and JSON for the commands' output.
+
+Event data reaches a terminal here, so every control character in it (C0,
+DEL, C1: ESC, BEL, CSI ...) is shown escaped, never sent as is: an event
+cannot move the cursor, ring the bell or retitle the window of the person
+reading ``jobs``, ``lineage`` or ``dlq list``.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,21 @@ from typing import Any
 
 import msgspec
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+_CONTROL.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+_C1 = {c: f"\\u{c:04x}" for c in range(0x80, 0xA0)}  # JSON escapes C0 itself
+
+
+def safe(text: str) -> str:
+    """``text`` with every control character escaped, fit for a terminal."""
+    return text.translate(_CONTROL)
+
 
 def cell(value: Any, width: int = 48) -> str:
-    """A value as a table cell: times in UTC to the millisecond, long text cut."""
+    """A value as a table cell: times in UTC to the millisecond, long text cut, controls escaped."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    text = "" if value is None else str(value)
+    text = "" if value is None else safe(str(value))
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
@@ -29,4 +44,4 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 def as_json(value: Any) -> str:
     """JSON for scripts: times as RFC 3339, numbers of any size."""
-    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode().translate(_C1)

@@ -3,6 +3,7 @@
 ::
 
     registry = Registry()                     # settings from PUDATO_* variables
+    exit_on_sigterm()                         # optional: see "Stopping" below
     with registry.job(pipeline="dept_budget", logic_version="git:abc123") as job:
         with job.step("stg_departments", handler_type="transform", action="build",
                       inputs=[DataReference(ref_type="table", location="raw.departments")]) as step:
@@ -10,18 +11,33 @@
             step.output(DataReference(ref_type="table", location="main.stg_departments"))
             step.execution(ExecutionRecord(execution_type="dbt", details={"command": "build"}))
 
-How an event travels: :meth:`Registry.emit` encodes it and hands it to the
-Kafka client's local queue (microseconds) and returns. A background thread
-serves delivery reports. If the queue is full, or the broker has not taken
-an event within ``delivery_timeout_ms``, an *episode* begins: that event and
-every later one go to the durable SQLite spool (:mod:`pudato_registry.spool`)
-instead, logged once. The same thread re-sends the spool, oldest first, once
-nothing is in flight, and ends the episode when the spool is empty. At exit,
-:meth:`Registry.close` waits at most ``close_timeout_s`` for deliveries and
-spools the rest; the next process to open the same spool re-sends it.
+Two parts, each with one lock. :class:`Registry` is the facade: it builds
+events, cuts error texts at 64 KiB (marking the cut) and refuses, at
+``emit``, an event the worker would dead-letter anyway (over a limit of
+docs/events-v1.md, or over the message size): it runs the worker's own
+:func:`~pudato_registry.validate.validate` on the bytes. A refused event is
+logged once per kind, counted in ``stats.rejected`` and never spooled, so
+that it cannot clog anything. The rest goes to :class:`SpoolingProducer`,
+which hands it to the Kafka client's local queue (microseconds) and
+returns. Its background thread serves delivery reports. If the queue is
+full, or the broker has not taken an event within ``delivery_timeout_ms``,
+an *episode* begins: that event and every later one go to the durable
+SQLite spool (:mod:`pudato_registry.spool`) instead, logged once. The same
+thread re-sends the spool, oldest first, once nothing is in flight, and
+ends the episode when the spool is empty. A spooled event the broker
+refuses for good is set aside in the spool file, not re-sent forever. The
+thread outlives any exception: it logs, backs off and goes on.
 
-Nothing here raises for a delivery problem, and a pipeline's own exception
-passes through the context managers untouched.
+Nothing here raises into the pipeline, and a pipeline's own exception passes
+through the context managers untouched.
+
+Stopping: at exit, :meth:`Registry.close` waits at most ``close_timeout_s``
+for deliveries and spools the rest; the next process to open the same spool
+re-sends it. A process killed by SIGTERM's default action runs no exit
+code at all, and loses what is still in the client's memory: call
+:func:`exit_on_sigterm` (or close the registry in a SIGTERM handler of
+your own) so that SIGTERM ends open jobs as cancelled and closes the
+registry on the way out.
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ import atexit
 import functools
 import itertools
 import logging
+import signal
 import threading
 import time
 import traceback
@@ -37,60 +54,73 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
+from pathlib import Path
+from types import FrameType, TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from pydantic import ValidationError
 
 from pudato_registry import factory, kafka
 from pudato_registry.events import DataReference, Event, ExecutionRecord
 from pudato_registry.settings import Settings
 from pudato_registry.spool import Spool
+from pudato_registry.validate import Rejection, validate
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 E = TypeVar("E", bound=Event)
 _RESEND_BATCH = 1000
+_MAX_THREAD_BACKOFF_S = 30.0
 
 
 @dataclass
 class PublisherStats:
     """What the publisher did, for tests, benches and logs."""
 
-    emitted: int = 0
+    emitted: int = 0  # taken by emit (refused ones are not)
     delivered: int = 0
     spooled: int = 0
     resent: int = 0
-    rejected: int = 0
+    rejected: int = 0  # refused at emit, or refused for good by the broker
     episodes: int = 0
+    set_aside: int = 0  # spooled events the broker refused for good
 
 
-def _emitter(build: Callable[P, E]) -> Callable[Concatenate[Registry, P], E]:
-    """A Registry method that builds an event with ``build`` and emits it."""
-
-    def method(self: Registry, /, *args: P.args, **kwargs: P.kwargs) -> E:
-        event = build(*args, **kwargs)
-        self.emit(event)
-        return event
-
-    method.__name__ = build.__name__
-    method.__doc__ = f"Build and emit {build.__doc__ or 'an event'}"
-    return method
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread by :func:`exit_on_sigterm`'s handler."""
 
 
-class Registry:
-    """A thread-safe publisher of registry events; one per process is enough."""
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` (a ``SystemExit``) in the main thread.
 
-    def __init__(self, settings: Settings | None = None, *, spool_dir: Any = None) -> None:
-        self.settings = settings or Settings()
-        self.topic = self.settings.topic
+    Open jobs then end as cancelled and steps as failed ("terminated by
+    SIGTERM"), and the interpreter's exit closes every registry, which
+    delivers or spools everything emitted. Call it once, from the main thread.
+    """
+
+    def terminated(signum: int, _frame: FrameType | None) -> None:
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
+class SpoolingProducer:
+    """Delivers encoded events to the topic, or to the spool while it cannot; one lock.
+
+    Never raises from :meth:`send`; builds its Kafka client and thread on
+    first use (no I/O before).
+    """
+
+    def __init__(self, settings: Settings, spool_dir: Path) -> None:
+        self.settings = settings
+        self.topic = settings.topic
+        self.spool = Spool(spool_dir)
         self.stats = PublisherStats()
-        self.spool = Spool(spool_dir or self.settings.spool_dir)
-        self._producer: Producer | None = None
+        # Guards everything below that more than one thread touches: delivery
+        # reports run in callers' flush() and in our thread alike.
         self._lock = threading.Lock()
-        # Guards the counters in ``stats`` that more than one thread updates:
-        # delivery reports run in callers' flush() and in our thread alike.
-        self._count_lock = threading.Lock()
+        self._producer: Producer | None = None
         self._seq = itertools.count()
         self._healthy = True
         self._to_spool: list[tuple[int, int, bytes | None, bytes]] = []
@@ -100,10 +130,8 @@ class Registry:
         self._backoff = 0.5
         self._closed = False
 
-    # --- emitting ------------------------------------------------------------------
-
     def _start(self) -> Producer:
-        """Build the producer and the background thread on first use (no I/O before)."""
+        """Build the producer and the background thread on first use."""
         with self._lock:
             if self._producer is None:
                 self._producer = kafka.make_producer(self.settings, **{
@@ -114,22 +142,29 @@ class Registry:
                     "log_level": 2,
                     "error_cb": self._client_error,
                 })
-                # A previous process may have left events behind.
-                self._healthy = self.spool.count() == 0
                 self._thread = threading.Thread(target=self._background, daemon=True,
                                                 name="pudato-publisher")
+                # A previous process may have left events behind.
+                self._healthy = self._spooled() == 0
                 self._thread.start()
-                atexit.register(self.close)
             return self._producer
 
-    def emit(self, event: Event) -> None:
-        """Publish one event, keyed by its correlation id. Returns at once; never raises."""
-        producer = self._producer or self._start()
-        value = factory.encode(event)
-        key = event.correlation_id.encode()
+    def _spooled(self) -> int:
+        try:
+            return self.spool.count()
+        except Exception as exc:  # an unreadable spool is renamed aside; this is worse
+            log.error("cannot read the spool %s: %s", self.spool.path, exc)
+            return 0
+
+    def send(self, key: bytes | None, value: bytes) -> None:
+        """Deliver one message, or spool it; returns at once, never raises."""
         stamp = (time.time_ns(), next(self._seq))
-        with self._count_lock:
-            self.stats.emitted += 1
+        try:
+            producer = self._producer or self._start()
+        except KafkaException as exc:  # a client that cannot be built: a setting to fix
+            self._episode(f"the Kafka client cannot be built: {exc}")
+            self._spool_now([(*stamp, key, value)])
+            return
         if self._closed:
             self._spool_now([(*stamp, key, value)])
             return
@@ -148,11 +183,11 @@ class Registry:
     def _delivered(self, stamp: tuple[int, int], error: KafkaError | None,
                    message: Message) -> None:
         if error is None:
-            with self._count_lock:
+            with self._lock:
                 self.stats.delivered += 1
             return
-        if not error.retriable() and error.code() not in _SPOOLABLE:
-            with self._count_lock:
+        if _undeliverable(error):
+            with self._lock:
                 self.stats.rejected += 1
             log.error("the broker rejected an event for good (%s); it is dropped", error.str())
             return
@@ -167,7 +202,7 @@ class Registry:
             log.debug("Kafka client: %s", error.str())
 
     def _episode(self, why: str) -> None:
-        with self._count_lock:  # callers and delivery reports may both notice it
+        with self._lock:  # callers and delivery reports may both notice it
             if not self._healthy:
                 return
             self._healthy = False
@@ -178,12 +213,22 @@ class Registry:
     # --- the background thread ------------------------------------------------------
 
     def _background(self) -> None:
+        failures = 0
         while not self._stop.is_set():
-            assert self._producer is not None
-            self._producer.poll(0.05)
-            self._flush_to_spool()
-            if not self._healthy and time.monotonic() >= self._retry_at:
-                self._resend()
+            try:
+                assert self._producer is not None
+                self._producer.poll(0.05)
+                self._flush_to_spool()
+                if not self._healthy and time.monotonic() >= self._retry_at:
+                    self._resend()
+                failures = 0
+            except Exception as exc:  # whatever it is, the thread must go on
+                failures += 1
+                pause = min(_MAX_THREAD_BACKOFF_S, 0.1 * 2 ** failures)
+                log.error("the publisher's background work failed (%s: %s); trying again "
+                          "in %.1f s", type(exc).__name__, exc, pause,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+                self._stop.wait(pause)
 
     def _flush_to_spool(self) -> None:
         with self._lock:
@@ -192,8 +237,13 @@ class Registry:
             self._spool_now(rows)
 
     def _spool_now(self, rows: list[tuple[int, int, bytes | None, bytes]]) -> None:
-        self.spool.put(rows)
-        with self._count_lock:  # callers after close() and our thread both spool
+        try:
+            self.spool.put(rows)
+        except Exception:
+            with self._lock:  # not lost yet: the next pass tries again
+                self._to_spool[:0] = rows
+            raise
+        with self._lock:
             self.stats.spooled += len(rows)
 
     def _resend(self) -> None:
@@ -204,17 +254,21 @@ class Registry:
         rows = self.spool.oldest(_RESEND_BATCH)
         if not rows:
             with self._lock:
-                if not self._to_spool:
-                    self._healthy = True
-                    self._backoff = 0.5
-                    log.warning("Kafka takes events again; the spool is empty")
+                if self._to_spool:
+                    return
+                self._healthy = True
+                self._backoff = 0.5
+            log.warning("Kafka takes events again; the spool is empty")
             return
         acked: list[int] = []
+        refused: list[tuple[int, str]] = []
         failed: list[KafkaError] = []
 
         def report(row_id: int, error: KafkaError | None, _message: Message) -> None:
             if error is None:
                 acked.append(row_id)
+            elif _undeliverable(error):
+                refused.append((row_id, error.str()))
             else:
                 failed.append(error)
 
@@ -224,9 +278,20 @@ class Registry:
                                        on_delivery=functools.partial(report, row_id))
             except BufferError:
                 break
+            except KafkaException as exc:  # refused before sending, e.g. over message.max.bytes
+                error = exc.args[0]
+                if not _undeliverable(error):
+                    break
+                refused.append((row_id, error.str()))
         self._producer.flush(self.settings.delivery_timeout_ms / 1000 + 5)
         self.spool.delete(acked)
-        self.stats.resent += len(acked)
+        if refused:
+            self.spool.set_aside(refused)
+            log.error("%d spooled events were refused by the broker for good (%s); set aside "
+                      "in %s, table set_aside", len(refused), refused[0][1], self.spool.path)
+        with self._lock:
+            self.stats.resent += len(acked)
+            self.stats.set_aside += len(refused)
         if failed:
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
@@ -261,22 +326,27 @@ class Registry:
         producer.purge()
         producer.flush(1.0)
         self._flush_to_spool()
+        left = self._spooled()
         self.spool.close()
-        atexit.unregister(self.close)
-        if self.stats.spooled > self.stats.resent:
-            log.warning("%d events wait in %s; the next publisher re-sends them",
-                        self.spool.count(), self.spool.path)
+        if left:
+            log.warning("%d events wait in %s; the next publisher re-sends them", left,
+                        self.spool.path)
 
     def pending(self) -> int:
         """Events waiting in the spool or on their way to it (0 when all is delivered)."""
         with self._lock:
             waiting = len(self._to_spool)
-        return waiting + self.spool.count()
+        return waiting + self._spooled()
 
     @property
     def healthy(self) -> bool:
         """False during an episode: events go to the spool until it is re-sent."""
         return self._healthy
+
+    @property
+    def alive(self) -> bool:
+        """Whether the background thread runs (it should, from first use until close)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def drain_spool(self, timeout: float) -> int:
         """Wait up to ``timeout`` s for the spool to be re-sent; return what is left."""
@@ -285,6 +355,128 @@ class Registry:
         while (not self._healthy or self.pending()) and time.monotonic() < deadline:
             self._stop.wait(0.05)
         return self.pending()
+
+
+_SPOOLABLE = frozenset({
+    KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT,
+    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
+    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
+})
+
+
+def _undeliverable(error: KafkaError) -> bool:
+    """Whether re-sending can never help (too large, not authorised, ...)."""
+    return not error.retriable() and error.code() not in _SPOOLABLE
+
+
+def _emitter(build: Callable[P, E]) -> Callable[Concatenate[Registry, P], E | None]:
+    """A Registry method that builds an event with ``build`` and emits it; None if refused."""
+
+    def method(self: Registry, /, *args: P.args, **kwargs: P.kwargs) -> E | None:
+        try:
+            event = build(*args, **kwargs)
+        except (ValidationError, TypeError, ValueError) as exc:
+            self._refuse(build.__name__.replace("_", ".", 1), "invalid", _why(exc))
+            return None
+        return event if self.emit(event) else None
+
+    method.__name__ = build.__name__
+    method.__doc__ = f"Build and emit {build.__doc__ or 'an event'}"
+    return method
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        error = exc.errors(include_url=False, include_input=False)[0]
+        return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+    return str(exc)
+
+
+class Registry:
+    """The SDK facade: builds events, refuses what could never be stored, hands the rest on.
+
+    Thread-safe; one per process is enough. Its own lock guards only its
+    counters; delivery is :class:`SpoolingProducer`'s.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, spool_dir: Any = None) -> None:
+        self.settings = settings or Settings()
+        self.producer = SpoolingProducer(self.settings,
+                                         Path(spool_dir or self.settings.spool_dir))
+        self._lock = threading.Lock()
+        self._emitted = 0
+        self._rejected = 0
+        self._told: set[tuple[str, str]] = set()  # (event type, kind) refusals logged
+        self._registered = False
+
+    @property
+    def stats(self) -> PublisherStats:
+        """A snapshot of what this publisher did."""
+        delivery = self.producer.stats
+        with self._lock:
+            emitted, rejected = self._emitted, self._rejected
+        return PublisherStats(emitted=emitted, delivered=delivery.delivered,
+                              spooled=delivery.spooled, resent=delivery.resent,
+                              rejected=rejected + delivery.rejected, episodes=delivery.episodes,
+                              set_aside=delivery.set_aside)
+
+    @property
+    def spool(self) -> Spool:
+        """The durable spool of events waiting for the broker."""
+        return self.producer.spool
+
+    def emit(self, event: Event) -> bool:
+        """Publish one event, keyed by its correlation id; False if refused. Never raises."""
+        try:
+            value = factory.encode(event)
+            # The worker's own check: what it would dead-letter is refused here instead.
+            verdict = validate(value, self.settings.max_message_bytes)
+            if isinstance(verdict, Rejection):
+                self._refuse(event.event_type, verdict.kind.value, verdict.message)
+                return False
+            with self._lock:
+                self._emitted += 1
+                first = not self._registered
+                self._registered = True
+            if first:
+                atexit.register(self.close)
+            self.producer.send(event.correlation_id.encode(), value)
+        except Exception as exc:  # emit never raises into the pipeline
+            self._refuse(getattr(event, "event_type", "?"), "unexpected", repr(exc))
+            return False
+        return True
+
+    def _refuse(self, event_type: str, kind: str, why: str) -> None:
+        with self._lock:
+            self._rejected += 1
+            first = (event_type, kind) not in self._told
+            self._told.add((event_type, kind))
+        if first:
+            log.error("refused a %s event the registry could never store (%s: %s); it is not "
+                      "sent. Further refusals like it are only counted (stats.rejected)",
+                      event_type, kind, kafka.cap_utf8(why, 300))
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait up to ``timeout`` seconds for deliveries; return how many are still pending."""
+        return self.producer.flush(timeout)
+
+    def close(self) -> None:
+        """Deliver what can be delivered within ``close_timeout_s``; spool the rest. Idempotent."""
+        self.producer.close()
+        atexit.unregister(self.close)
+
+    def pending(self) -> int:
+        """Events waiting in the spool or on their way to it (0 when all is delivered)."""
+        return self.producer.pending()
+
+    @property
+    def healthy(self) -> bool:
+        """False during an episode: events go to the spool until it is re-sent."""
+        return self.producer.healthy
+
+    def drain_spool(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the spool to be re-sent; return what is left."""
+        return self.producer.drain_spool(timeout)
 
     # --- plain methods, one per event type --------------------------------------------
 
@@ -315,14 +507,11 @@ class Registry:
         })
 
 
-_SPOOLABLE = frozenset({
-    KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT,
-    KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
-})
-
-
 def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, Terminated):
+        return "terminated by SIGTERM"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return text or type(exc).__name__
 
@@ -351,6 +540,9 @@ class JobRun:
         self._ended = True
         if exc is None:
             self.registry.job_succeeded(self.job_id, correlation_id=self.correlation_id)
+        elif isinstance(exc, Terminated | KeyboardInterrupt):  # stopped from outside
+            self.registry.job_cancelled(self.job_id, error=_error_text(exc),
+                                        correlation_id=self.correlation_id)
         else:
             self.registry.job_failed(self.job_id, error=_error_text(exc),
                                      correlation_id=self.correlation_id)

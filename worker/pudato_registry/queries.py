@@ -8,7 +8,6 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, connect
 
@@ -94,42 +93,75 @@ class LineageHop:
 
 
 _LINEAGE_COLUMNS = "step_id, job_id, step_name, status, started_at, completed_at, inputs, outputs"
+MAX_DEPTH = 20  # hops a walk may take: past that a lineage graph is a whole warehouse
 
 
-def _touching(conn: psycopg.Connection[Any], column: str, location: str) -> list[dict[str, Any]]:
-    """Steps whose inputs/outputs hold ``location``: JSONB containment, served by GIN."""
-    probe = Jsonb([{"location": location}])
+@dataclass(frozen=True)
+class Lineage:
+    """A lineage answer: the hops, and how many more the limit left out (0: none)."""
+
+    hops: list[LineageHop]
+    more: int = 0  # further steps found at the last depth walked, beyond the limit
+    cut_at_depth: int | None = None  # the depth where the limit stopped the walk
+
+
+def _touching(conn: psycopg.Connection[Any], column: str, locations: list[str],
+              exclude: set[str]) -> list[dict[str, Any]]:
+    """Steps whose inputs/outputs hold any of ``locations``, each once: one query.
+
+    Each location is a JSONB containment probe served by the GIN index; a
+    step found through several is returned once, with the first of them.
+    """
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SELECT {_LINEAGE_COLUMNS} FROM pudato_job_steps WHERE {column} @> %s "
-                    "ORDER BY started_at NULLS LAST, step_id", (probe,))
-        return cur.fetchall()
+        cur.execute(
+            f"SELECT DISTINCT ON (s.step_id) probe.location AS via, s.* FROM"
+            f" unnest(%s::text[]) WITH ORDINALITY AS probe(location, n)"
+            f" CROSS JOIN LATERAL (SELECT {_LINEAGE_COLUMNS} FROM pudato_job_steps"
+            f" WHERE {column} @> jsonb_build_array(jsonb_build_object('location',"
+            f" probe.location))) s"
+            f" WHERE NOT s.step_id = ANY(%s::text[])"
+            f" ORDER BY s.step_id, probe.n", (locations, list(exclude)))
+        rows = cur.fetchall()
+    rows.sort(key=lambda r: (r["started_at"] is None, r["started_at"] or 0, r["step_id"]))
+    return rows
 
 
 def lineage(dsn: str, location: str, *, upstream: bool = False, downstream: bool = False,
-            depth: int = 3) -> list[LineageHop]:
-    """Steps that produced or consumed ``location``; with a direction, walk ``depth`` hops."""
+            depth: int = 3, limit: int = 1000) -> Lineage:
+    """Steps that produced or consumed ``location``; with a direction, walk ``depth`` hops.
+
+    One query per hop, whatever its fan-out; a step appears once, at the
+    first depth that reaches it. At most ``limit`` steps are returned; the
+    answer says how many more the last hop found.
+    """
+    depth = max(1, min(depth, MAX_DEPTH))
     hops: list[LineageHop] = []
     with connect(dsn) as conn:
         if not (upstream or downstream):
-            hops += [LineageHop(1, "produced", location, s)
-                     for s in _touching(conn, "outputs", location)]
-            hops += [LineageHop(1, "consumed", location, s)
-                     for s in _touching(conn, "inputs", location)]
-            return hops
+            for column, relation in (("outputs", "produced"), ("inputs", "consumed")):
+                hops += [LineageHop(1, relation, step.pop("via"), step)
+                         for step in _touching(conn, column, [location], set())]
+            return Lineage(hops[:limit], max(0, len(hops) - limit),
+                           1 if len(hops) > limit else None)
         # Upstream: who wrote it, then who wrote what they read ... and downstream alike.
         found, onward, relation = (("outputs", "inputs", "produced") if upstream
                                    else ("inputs", "outputs", "consumed"))
-        frontier, seen = [location], {location}
+        frontier, seen_locations = [location], {location}
+        seen_steps: set[str] = set()
         for level in range(1, depth + 1):
-            following: list[str] = []
-            for here in frontier:
-                for step in _touching(conn, found, here):
-                    hops.append(LineageHop(level, relation, here, step))
-                    for ref in step[onward]:
-                        if ref["location"] not in seen:
-                            seen.add(ref["location"])
-                            following.append(ref["location"])
-            frontier = following
+            steps = _touching(conn, found, frontier, seen_steps)
+            room = limit - len(hops)
+            if len(steps) > room:
+                hops += [LineageHop(level, relation, s.pop("via"), s) for s in steps[:room]]
+                return Lineage(hops, len(steps) - room, level)
+            frontier = []
+            for step in steps:
+                seen_steps.add(step["step_id"])
+                hops.append(LineageHop(level, relation, step.pop("via"), step))
+                for ref in step[onward]:
+                    if ref["location"] not in seen_locations:
+                        seen_locations.add(ref["location"])
+                        frontier.append(ref["location"])
             if not frontier:
                 break
-    return hops
+    return Lineage(hops)

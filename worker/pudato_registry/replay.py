@@ -88,37 +88,67 @@ def _fold_into(reader: kafka.PartitionReader, targets: dict[int, int], target: s
             report.refused += len(done.refused) + len(done.unstorable)
 
 
-def rebuild(settings: Settings, *, verify: bool = False) -> ReplayReport:
-    """Fold the whole topic into shadow tables; swap them in, or with ``verify`` compare."""
+def rebuild(settings: Settings, *, verify: bool = False,
+            accept_trimmed: bool = False) -> ReplayReport:
+    """Fold the whole topic into shadow tables; swap them in, or with ``verify`` compare.
+
+    Refuses (:class:`store.ReplayRefusedError`, before building anything) while
+    another replay runs; when the topic has lost its head (retention,
+    ``kafka-delete-records``) unless ``accept_trimmed``; and when the swap
+    would drop views, foreign keys, triggers, publications or indexes that
+    depend on the live tables.
+    """
     dsn = settings.database_dsn
     report = ReplayReport("verify" if verify else "rebuild")
     started = time.monotonic()
-    store.create_shadow(dsn)
-    shadow = store.Store(dsn, schema=store.SHADOW_SCHEMA)
-    reader = kafka.PartitionReader(settings, settings.topic)
-    try:
-        reader.start()
-        ends = reader.end_offsets()
-        while True:  # catch up while the live tables stay open to everyone
-            _fold_into(reader, ends, shadow, settings, report)
-            ends = reader.end_offsets()
-            behind = sum(end - reader.positions.get(p, 0) for p, end in ends.items())
-            if behind < _LOCK_WHEN_BEHIND:
-                break
-        if verify:
-            report.differences = store.differences(dsn)
-        else:
-            with store.locked_live_tables(dsn) as conn:
-                locked = time.monotonic()
-                _fold_into(reader, reader.end_offsets(), shadow, settings, report)
-                store.swap_in_shadow(conn)
-            report.locked_seconds = time.monotonic() - locked
-    finally:
-        reader.close()
-        shadow.close()
-        store.drop_shadow(dsn)
+    with store.replay_lock(dsn):
+        reader = kafka.PartitionReader(settings, settings.topic)
+        try:
+            trimmed = {p: low for p, low in reader.start_offsets().items() if low > 0}
+            if trimmed and not (verify or accept_trimmed):
+                lost = ", ".join(f"partition {p}: the first {low} events" for p, low in
+                                 sorted(trimmed.items()))
+                raise store.ReplayRefusedError(
+                    f"topic {settings.topic} no longer holds its first events ({lost}); a "
+                    "rebuild would drop the jobs they made. To rebuild from what is left, "
+                    "run again with --accept-trimmed")
+            store.create_shadow(dsn)
+            if not verify and (lost_objects := store.unkept_dependents(dsn)):
+                raise store.ReplayRefusedError(
+                    "the swap would drop what depends on the live tables: "
+                    f"{'; '.join(lost_objects)}. Drop or move them first (and re-create them "
+                    "after), or use --verify")
+            shadow = store.Store(dsn, schema=store.SHADOW_SCHEMA)
+            try:
+                _rebuild_into(reader, shadow, settings, report, verify=verify)
+            finally:
+                shadow.close()
+        finally:
+            reader.close()
+            store.drop_shadow(dsn)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _rebuild_into(reader: kafka.PartitionReader, shadow: store.Store, settings: Settings,
+                  report: ReplayReport, *, verify: bool) -> None:
+    dsn = settings.database_dsn
+    reader.start()
+    ends = reader.end_offsets()
+    while True:  # catch up while the live tables stay open to everyone
+        _fold_into(reader, ends, shadow, settings, report)
+        ends = reader.end_offsets()
+        behind = sum(end - reader.positions.get(p, 0) for p, end in ends.items())
+        if behind < _LOCK_WHEN_BEHIND:
+            break
+    if verify:
+        report.differences = store.differences(dsn)
+        return
+    with store.locked_live_tables(dsn) as conn:
+        locked = time.monotonic()
+        _fold_into(reader, reader.end_offsets(), shadow, settings, report)
+        store.swap_in_shadow(conn)
+    report.locked_seconds = time.monotonic() - locked
 
 
 def reapply(settings: Settings, *, since: datetime | None = None,
@@ -126,6 +156,14 @@ def reapply(settings: Settings, *, since: datetime | None = None,
     """Re-apply the events since a time, or of one correlation, to the live tables."""
     report = ReplayReport("since" if since is not None else "correlation")
     started = time.monotonic()
+    with store.replay_lock(settings.database_dsn):
+        _reapply(settings, report, since, correlation_id)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _reapply(settings: Settings, report: ReplayReport, since: datetime | None,
+             correlation_id: str | None) -> None:
     live = store.Store(settings.database_dsn)
     reader = kafka.PartitionReader(settings, settings.topic)
     try:
@@ -136,5 +174,3 @@ def reapply(settings: Settings, *, since: datetime | None = None,
     finally:
         reader.close()
         live.close()
-    report.seconds = time.monotonic() - started
-    return report

@@ -1,17 +1,22 @@
 """Configuration: built once at the edge (the CLI) from flags and ``PUDATO_*`` variables.
 
 Nothing below the CLI reads the environment. Flags win over the environment,
-the environment over the defaults. Secrets (the database URL's password, SASL
-settings) are kept out of ``repr`` and logs: see :func:`redact_url` and
-:meth:`Settings.kafka_config_redacted`.
+the environment over the defaults. Secrets (the database URL's password in
+any of its forms, every librdkafka value) are ``SecretStr``: no ``repr``
+shows them. :func:`redact_dsn` is the one way a database URL is printed,
+and :meth:`Settings.secrets` lists what the logs scrub wherever it appears
+(a connection error quoting the URL, say).
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -46,9 +51,12 @@ class Settings(BaseSettings):
         240.0, gt=0, description="how long a transient failure is retried before the worker exits"
     )
     retry_max_backoff_s: float = Field(10.0, gt=0, description="cap of one retry's backoff")
+    stall_timeout_s: float = Field(
+        300.0, gt=0, description="/healthz fails after this long without progress while the "
+        "worker has work; keep it above retry_timeout_s")
     partitions: int = Field(12, ge=1, description="partitions of topics `topics create` makes")
     replication_factor: int = Field(1, ge=1, description="replication of created topics")
-    kafka: dict[str, str] = Field(
+    kafka: dict[str, SecretStr] = Field(
         default_factory=dict,
         description="extra librdkafka settings (JSON object), e.g. SASL/SSL",
     )
@@ -74,19 +82,55 @@ class Settings(BaseSettings):
         """The database URL with its secret, for the connection only."""
         return self.database_url.get_secret_value()
 
+    def kafka_config(self) -> dict[str, str]:
+        """The librdkafka pass-through settings, secrets included, for the clients only."""
+        return {key: value.get_secret_value() for key, value in self.kafka.items()}
+
     def kafka_config_redacted(self) -> dict[str, str]:
         """The librdkafka pass-through settings with secret values masked, for logs."""
         return {
-            key: "***" if any(part in key for part in _SECRET_KAFKA_KEYS) else value
+            key: "***" if any(part in key for part in _SECRET_KAFKA_KEYS)
+            else value.get_secret_value()
             for key, value in self.kafka.items()
         }
 
+    def secrets(self) -> list[str]:
+        """Every secret value these settings hold, for logs and messages to scrub."""
+        found = [value.get_secret_value() for key, value in self.kafka.items()
+                 if any(part in key for part in _SECRET_KAFKA_KEYS)]
+        found += dsn_secrets(self.database_dsn)
+        return [secret for secret in found if len(secret) >= 3]  # "a" is in every line
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = (parts.username or "") + ":***"
-    return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+
+_DSN_SECRET_KEYS = ("password", "sslpassword")
+_KEY_VALUE_SECRET = re.compile(
+    r"(?i)\b(password|sslpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """The passwords a database URL or ``key=value`` string holds, as libpq reads them."""
+    found = [m.group(3).strip("'") for m in _KEY_VALUE_SECRET.finditer(dsn)]
+    if "://" in dsn:
+        with contextlib.suppress(ValueError):
+            password = urlsplit(dsn).password
+            found += [password, unquote(password)] if password else []
+    with contextlib.suppress(Exception):  # not parseable: what was found is all we know
+        params = conninfo_to_dict(dsn)
+        found += [str(params[key]) for key in _DSN_SECRET_KEYS if params.get(key)]
+    return list(dict.fromkeys(found))
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` with every password shown as ``***``: URL (user info or query) or ``key=value``."""
+    if "://" not in dsn:
+        return _KEY_VALUE_SECRET.sub(r"\1\2***", dsn)
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[-1]}"
+    query = urlencode([(k, "***" if k.lower() in _DSN_SECRET_KEYS else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+redact_url = redact_dsn  # the older name

@@ -6,42 +6,93 @@ may share a spool directory; SQLite serialises them, and a row that two of
 them re-send reaches the topic twice, which the worker drops by event_id.
 One connection per Spool, guarded by a lock: the publisher's background
 thread writes and re-sends, its caller may count or close.
+
+What can go wrong with the file, and what happens:
+
+* The directory and the file are the user's alone (0700 and 0600): spooled
+  events may hold anything a pipeline reports.
+* A file SQLite cannot read (truncated, overwritten, not a database) is
+  renamed aside as ``spool.sqlite3.corrupt-<time>``, with a warning, and a
+  fresh one is started: the pipeline goes on, the old file stays for a person.
+* A row the broker refuses for good (too large for the topic, say) is moved
+  to the table ``set_aside`` with the reason, never re-sent again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
+import stat
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 SpooledRow = tuple[int, bytes | None, bytes]  # (rowid, key, value)
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " emitted_ns INTEGER NOT NULL, seq INTEGER NOT NULL, key BLOB, value BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS spool_order ON spool (emitted_ns, seq)",
+    "CREATE TABLE IF NOT EXISTS set_aside (id INTEGER PRIMARY KEY, emitted_ns INTEGER NOT NULL,"
+    " seq INTEGER NOT NULL, key BLOB, value BLOB NOT NULL, reason TEXT NOT NULL,"
+    " set_aside_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+)
 
 
 class Spool:
     """A SQLite file of (emitted_ns, seq, key, value) rows. Opened on first use."""
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / "spool.sqlite3"
+        self.path = Path(directory) / "spool.sqlite3"
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                 check_same_thread=False)
+            self._private_directory()
+            try:
+                self._db = self._open()
+            except sqlite3.DatabaseError as exc:
+                self._rename_aside(exc)
+                self._db = self._open()
+        return self._db
+
+    def _private_directory(self) -> None:
+        directory = self.path.parent
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.stat()
+        if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
+            directory.chmod(0o700)  # ours, and readable by others: not for spooled events
+
+    def _open(self) -> sqlite3.Connection:
+        # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm the same mode.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                             check_same_thread=False)
+        try:
             # WAL + NORMAL: a committed row survives a process crash; an OS
             # crash may lose the last moments, not corrupt the file.
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " emitted_ns INTEGER NOT NULL, seq INTEGER NOT NULL, key BLOB, value BLOB NOT NULL)"
-            )
-            db.execute("CREATE INDEX IF NOT EXISTS spool_order ON spool (emitted_ns, seq)")
-            self._db = db
-        return self._db
+            for statement in _SCHEMA:
+                db.execute(statement)
+            db.execute("SELECT count(*) FROM spool").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _rename_aside(self, exc: sqlite3.DatabaseError) -> None:
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").rename(f"{aside}{suffix}")
+        log.warning("the spool %s cannot be read (%s); it is kept as %s and a new one started",
+                    self.path, exc, aside)
 
     def put(self, rows: Sequence[tuple[int, int, bytes | None, bytes]]) -> None:
         """Store (emitted_ns, seq, key, value) rows durably, in one transaction."""
@@ -67,12 +118,31 @@ class Spool:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
 
+    def set_aside(self, rows: Sequence[tuple[int, str]]) -> None:
+        """Move (rowid, reason) rows the broker refuses for good out of the queue, kept."""
+        if not rows:
+            return
+        with self._lock, self._conn() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO set_aside (id, emitted_ns, seq, key, value,"
+                           " reason) SELECT id, emitted_ns, seq, key, value, ? FROM spool"
+                           " WHERE id = ?", [(reason, i) for i, reason in rows])
+            db.executemany("DELETE FROM spool WHERE id = ?", [(i,) for i, _reason in rows])
+
     def count(self) -> int:
         """How many events wait in the spool."""
         with self._lock:
             if self._db is None and not self.path.exists():
                 return 0
             (n,) = self._conn().execute("SELECT count(*) FROM spool").fetchone()
+            return int(n)
+
+    def set_aside_count(self) -> int:
+        """How many events were set aside as undeliverable."""
+        with self._lock:
+            if self._db is None and not self.path.exists():
+                return 0
+            (n,) = self._conn().execute("SELECT count(*) FROM set_aside").fetchone()
             return int(n)
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ import enum
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -444,19 +445,109 @@ def drop_shadow(dsn: str) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE")
 
 
+# One replay at a time: a second would swap in a shadow missing the events
+# between the two, or drop the shadow the first is building.
+REPLAY_LOCK = 0x707564_7265706C  # "pud" "repl"
+
+
+class ReplayRefusedError(RuntimeError):
+    """A replay must not run now: another holds the lock, or the swap would lose something."""
+
+
 @contextlib.contextmanager
-def locked_live_tables(dsn: str, lock_timeout_s: float = 30.0) -> Iterator[
+def replay_lock(dsn: str) -> Iterator[None]:
+    """Hold the replay lock for the block, or raise :class:`ReplayRefusedError` naming its owner."""
+    with connect(dsn, autocommit=True) as conn:
+        (got,) = conn.execute("SELECT pg_try_advisory_lock(%s)",  # type: ignore[misc]
+                              (REPLAY_LOCK,)).fetchone()
+        if not got:
+            holder = conn.execute(
+                "SELECT a.pid, a.usename, a.application_name, a.client_addr::text,"
+                " a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s"
+                " AND l.objid = %s AND l.database = (SELECT oid FROM pg_database"
+                " WHERE datname = current_database())",
+                (REPLAY_LOCK >> 32, REPLAY_LOCK & 0xFFFFFFFF)).fetchone()
+            who = ("someone" if holder is None else
+                   f"process {holder[0]} of {holder[1]} ({holder[2] or 'no application name'}"
+                   f" from {holder[3] or 'a local socket'}, connected {holder[4]:%Y-%m-%d %H:%M})")
+            raise ReplayRefusedError(f"another replay is running ({who}); wait for it to end")
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (REPLAY_LOCK,))
+
+
+def _dependents(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> set[str]:
+    """What depends on the projection tables of ``schema``, described without the schema."""
+    tables = [f"{schema}.{table}" for table in PROJECTION_TABLES]
+    rows = conn.execute(
+        "SELECT DISTINCT pg_describe_object(classid, objid, objsubid) FROM pg_depend"
+        " WHERE refobjid = ANY(%s::regclass[]) AND classid <> 'pg_type'::regclass",
+        (tables,)).fetchall()
+    return {str(row[0]).replace(f"{schema}.", "") for row in rows
+            if not str(row[0]).startswith("toast table")}
+
+
+def unkept_dependents(dsn: str) -> list[str]:
+    """What the swap would drop with the live tables: views, foreign keys, triggers,
+    publications, indexes and constraints that a DBA added and the migrations do not make."""
+    with connect(dsn) as conn:
+        (live,) = conn.execute("SELECT current_schema()").fetchone()  # type: ignore[misc]
+        return sorted(_dependents(conn, str(live)) - _dependents(conn, SHADOW_SCHEMA))
+
+
+@contextlib.contextmanager
+def locked_live_tables(dsn: str, *, wait_s: float = 300.0, attempt_s: float = 0.2) -> Iterator[
         psycopg.Connection[tuple[object, ...]]]:
-    """A transaction holding every projection table exclusively (the worker waits meanwhile)."""
-    with connect(dsn) as conn, conn.transaction():
-        conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
-        conn.execute(f"LOCK TABLE {', '.join(PROJECTION_TABLES)} IN ACCESS EXCLUSIVE MODE")
-        yield conn
+    """A transaction holding every projection table exclusively (the worker waits meanwhile).
+
+    A lock request queues every later reader behind it; so each attempt waits
+    at most ``attempt_s`` and gives way to the readers between attempts, for up
+    to ``wait_s`` in all, instead of one long wait that stalls them all.
+    """
+    deadline = time.monotonic() + wait_s
+    pause = attempt_s
+    while True:
+        conn = connect(dsn)
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{int(attempt_s * 1000)}ms'")
+                conn.execute(f"LOCK TABLE {', '.join(PROJECTION_TABLES)} "
+                             "IN ACCESS EXCLUSIVE MODE")
+                conn.execute("SET LOCAL lock_timeout = 0")
+                yield conn
+            return
+        except psycopg.errors.LockNotAvailable:
+            if time.monotonic() + pause > deadline:
+                raise ReplayRefusedError(
+                    f"the live tables stayed in use for {wait_s:.0f} s (a long reader or "
+                    "writer); nothing was swapped, try again") from None
+        finally:
+            conn.close()
+        time.sleep(pause)  # readers go on meanwhile
+        pause = min(pause * 2, 5.0)
+
+
+def copy_grants(conn: psycopg.Connection[tuple[object, ...]], live: str) -> None:
+    """Give each shadow table the privileges its live twin grants (a worker's role needs them)."""
+    for table in PROJECTION_TABLES:
+        grants = conn.execute(
+            "SELECT CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END,"
+            " g.privilege_type, g.is_grantable FROM pg_class c"
+            " CROSS JOIN LATERAL aclexplode(c.relacl) g"
+            " LEFT JOIN pg_roles r ON r.oid = g.grantee"
+            " WHERE c.oid = %s::regclass AND g.grantee <> c.relowner",
+            (f"{live}.{table}",)).fetchall()
+        for grantee, privilege, grantable in grants:
+            option = " WITH GRANT OPTION" if grantable else ""
+            conn.execute(f"GRANT {privilege} ON {SHADOW_SCHEMA}.{table} TO {grantee}{option}")
 
 
 def swap_in_shadow(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Inside :func:`locked_live_tables`: the shadow tables become the live ones."""
+    """Inside :func:`locked_live_tables`: the shadow tables become the live ones, grants kept."""
     (live,) = conn.execute("SELECT current_schema()").fetchone()  # type: ignore[misc]
+    copy_grants(conn, str(live))
     conn.execute(f"DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE")
     conn.execute(f"CREATE SCHEMA {RETIRED_SCHEMA}")
     # Tables keep their indexes, constraints and their names when they move.
@@ -495,13 +586,13 @@ def redriven_digests(dsn: str, digests: Sequence[str]) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def record_redriven(dsn: str, rows: Sequence[tuple[str, str, str | None, str | None,
-                                                   str | None]]) -> None:
+def record_redriven(dsn: str, rows: Sequence[tuple[str, str, str | None, int | None,
+                                                   int | None]]) -> None:
     """Remember (digest, kind, source topic, partition, offset) of redriven messages."""
     with connect(dsn) as conn:
         conn.cursor().executemany(
             "INSERT INTO pudato_dlq_redriven (message_sha256, kind, source_topic,"
-            " source_partition, source_offset) VALUES (%s, %s, %s, %s::int, %s::bigint)"
+            " source_partition, source_offset) VALUES (%s, %s, %s, %s, %s)"
             " ON CONFLICT (message_sha256) DO NOTHING",
             rows,
         )
