@@ -27,7 +27,7 @@ from datetime import timedelta
 
 from msgspec.structs import replace
 
-from common import services
+from common import migrated_database, services
 from pudato_registry import factory, store
 from pudato_registry.events import DataReference
 from pudato_registry.loop import apply_events, tune_interpreter
@@ -77,12 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     events = events_of(args.shape, args.events)
     tune_interpreter()  # the worker's own garbage-collector settings
-    with services() as (_bootstrap, database):
-        admin = database.rsplit("/", 1)[0] + "/postgres"
-        name = f"bench_{uuid.uuid4().hex[:8]}"
-        store.create_database(admin, name)
-        url = database.rsplit("/", 1)[0] + "/" + name
-        store.migrate(url)
+    with services() as (_bootstrap, database), migrated_database(database) as url:
         target = store.Store(url)
 
         def timed(event: Event) -> tuple[float, float]:
@@ -108,7 +103,6 @@ def main() -> None:
                 first_wall.append(spent[0])
                 first_cpu.append(spent[1])
         target.close()
-        store.drop_database(admin, name)
 
     def at(values: list[float], n: int) -> float:
         low = max(0, min(n - 1, len(values) - args.window))

@@ -22,12 +22,11 @@ import random
 import statistics
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import services
+from common import migrated_database, services
 from pudato_registry import factory, queries, store
 from pudato_registry.events import DataReference, Event
 from pudato_registry.loop import apply_events
@@ -67,12 +66,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--fan-out", type=int, default=5_000)
     args = parser.parse_args()
-    with services() as (_bootstrap, database):
-        admin = database.rsplit("/", 1)[0] + "/postgres"
-        name = f"bench_{uuid.uuid4().hex[:8]}"
-        store.create_database(admin, name)
-        url = database.rsplit("/", 1)[0] + "/" + name
-        store.migrate(url)
+    with services() as (_bootstrap, database), migrated_database(database) as url:
         target = store.Store(url)
         started = time.perf_counter()
         for first in range(0, args.jobs, 200):

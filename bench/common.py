@@ -12,7 +12,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
-from pudato_registry import devstack, kafka
+from pudato_registry import devstack, kafka, store
 from pudato_registry.settings import Settings
 
 
@@ -28,6 +28,20 @@ def services() -> Iterator[tuple[str, str]]:
             devstack.running(Path(tmp)) as stack:
         warm_up_groups(stack.bootstrap_servers)
         yield stack.bootstrap_servers, stack.database_url
+
+
+@contextlib.contextmanager
+def migrated_database(database: str) -> Iterator[str]:
+    """The URL of a new, migrated database on ``database``'s server, dropped afterwards."""
+    admin = database.rsplit("/", 1)[0] + "/postgres"
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    store.create_database(admin, name)
+    try:
+        url = database.rsplit("/", 1)[0] + "/" + name
+        store.migrate(url)
+        yield url
+    finally:
+        store.drop_database(admin, name)
 
 
 def warm_up_groups(bootstrap: str) -> None:

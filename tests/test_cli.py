@@ -121,27 +121,20 @@ def test_missing_tables_say_to_migrate(services: Services, capsys: pytest.Captur
     assert "run `pudato-registry migrate`" in _one_line(capsys)
 
 
-def test_an_unreachable_broker_is_one_line(database_url: str,
+@pytest.mark.parametrize("argv", [
+    ["topics", "create", "--kafka-config", "socket.timeout.ms=2000"],
+    ["worker", "--drain", "--metrics-port", "0"],
+])
+def test_an_unreachable_broker_is_one_line(argv: list[str], database_url: str,
                                            capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
-    code = main(["topics", "create", "--bootstrap-servers", f"127.0.0.1:{free_port()}",
-                 "--database-url", database_url, "--kafka-config", "socket.timeout.ms=2000"])
+    code = main([*argv, "--bootstrap-servers", f"127.0.0.1:{free_port()}",
+                 "--database-url", database_url])
     assert code == 1
     err = _one_line(capsys)
-    assert err.startswith("pudato-registry topics: cannot use Kafka at 127.0.0.1:")
+    assert err.startswith(f"pudato-registry {argv[0]}: cannot use Kafka at 127.0.0.1:")
     assert "dev up" in err
-
-
-def test_a_worker_without_a_broker_is_one_line(database_url: str,
-                                               capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
-    code = main(["worker", "--drain", "--bootstrap-servers", f"127.0.0.1:{free_port()}",
-                 "--database-url", database_url, "--metrics-port", "0"])
-    assert code == 1
-    err = _one_line(capsys)
-    assert err.startswith("pudato-registry worker: cannot use Kafka at 127.0.0.1:")
 
 
 @pytest.mark.parametrize("argv", [

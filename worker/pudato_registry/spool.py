@@ -131,18 +131,17 @@ class Spool:
 
     def count(self) -> int:
         """How many events wait in the spool."""
-        with self._lock:
-            if self._db is None and not self.path.exists():
-                return 0
-            (n,) = self._conn().execute("SELECT count(*) FROM spool").fetchone()
-            return int(n)
+        return self._count("spool")
 
     def set_aside_count(self) -> int:
         """How many events were set aside as undeliverable."""
+        return self._count("set_aside")
+
+    def _count(self, table: str) -> int:
         with self._lock:
             if self._db is None and not self.path.exists():
                 return 0
-            (n,) = self._conn().execute("SELECT count(*) FROM set_aside").fetchone()
+            (n,) = self._conn().execute(f"SELECT count(*) FROM {table}").fetchone()
             return int(n)
 
     def close(self) -> None:
