@@ -42,7 +42,7 @@ def test_invalid_vector_rejection_kinds() -> None:
              if isinstance(r, Rejection)]
     k = RejectionKind
     assert kinds == [
-        k.TOMBSTONE, k.MISSING_FIELD, k.MISSING_FIELD, k.NOT_JSON, k.MISSING_FIELD,
+        k.TOMBSTONE, k.MISSING_FIELD, k.NOT_JSON, k.MISSING_FIELD,
         k.MISSING_FIELD, k.NOT_OBJECT, k.NOT_UTF8, k.INVALID_FIELD, k.INVALID_FIELD,
         k.STEP_ID_NOT_ALLOWED, k.UNKNOWN_EVENT_TYPE, k.NAIVE_TIMESTAMP, k.INVALID_FIELD,
         k.NOT_OBJECT, k.UNSUPPORTED_SCHEMA_VERSION, k.INVALID_FIELD, k.STRING_TOO_LONG,

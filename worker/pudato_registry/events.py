@@ -133,7 +133,7 @@ class JobSubmittedData(_Data):
     """``job.submitted``: what the run is."""
 
     pipeline: Name
-    logic_version: Version
+    logic_version: Version | None = None  # optional since amendment 2
     environment: Name | None = None
     namespace: Name | None = None
     request: JsonObject | None = None

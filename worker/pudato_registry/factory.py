@@ -50,7 +50,7 @@ def encode(event: ev.Event) -> bytes:
     return event.model_dump_json(exclude_defaults=True).encode()
 
 
-def job_submitted(job_id: str, *, pipeline: str, logic_version: str,
+def job_submitted(job_id: str, *, pipeline: str, logic_version: str | None = None,
                   environment: str | None = None, namespace: str | None = None,
                   request: dict[str, Any] | None = None,
                   parameters: dict[str, Any] | None = None, dag_run_id: str | None = None,

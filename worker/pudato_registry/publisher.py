@@ -493,7 +493,7 @@ class Registry:
 
     # --- context managers ----------------------------------------------------------
 
-    def job(self, *, pipeline: str, logic_version: str, job_id: str | None = None,
+    def job(self, *, pipeline: str, logic_version: str | None = None, job_id: str | None = None,
             correlation_id: str | None = None, environment: str | None = None,
             namespace: str | None = None, request: dict[str, Any] | None = None,
             parameters: dict[str, Any] | None = None, dag_run_id: str | None = None,

@@ -64,7 +64,7 @@ class JobSubmittedData(_Data, frozen=True, kw_only=True, gc=False):
     """``job.submitted`` data."""
 
     pipeline: Name
-    logic_version: Version
+    logic_version: Version | None = None  # optional since amendment 2
     environment: Name | None = None
     namespace: Name | None = None
     request: JsonObject | None = None
