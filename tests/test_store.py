@@ -57,10 +57,9 @@ INDEXES = {
         "pudato_job_steps_pkey": "(step_id)",
         "idx_steps_job_id": "(job_id)", "idx_steps_status": "(status)",
         "idx_steps_started_at": "(started_at)",
-        # Added by 004 for lineage queries, beyond the spec's list.
-        # (as the test reads an index's definition: from its first parenthesis on)
-        "idx_steps_input_locations": "(inputs, '$[*].\"location\"'::jsonpath))",
-        "idx_steps_output_locations": "(outputs, '$[*].\"location\"'::jsonpath))",
+        # Added by 003 for lineage queries (issue 6), beyond the spec's list.
+        "idx_steps_inputs": "(inputs jsonb_path_ops)",
+        "idx_steps_outputs": "(outputs jsonb_path_ops)",
     },
 }
 

@@ -107,22 +107,22 @@ class Lineage:
 
 def _touching(conn: psycopg.Connection[Any], column: str, locations: list[str],
               exclude: set[str]) -> list[dict[str, Any]]:
-    """Steps whose inputs/outputs hold any of ``locations``, each once, in one query.
+    """Steps whose inputs/outputs hold any of ``locations``, each once: one query.
 
-    One GIN index scan over the list's locations (``?|``: any of them); each
-    step says which of ``locations`` found it (``via``: the first in order).
+    Each location is a JSONB containment probe served by the GIN index; a
+    step found through several is returned once, with the first of them.
     """
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            f"SELECT {_LINEAGE_COLUMNS} FROM pudato_job_steps"
-            f" WHERE jsonb_path_query_array({column}, '$[*].location') ?| %s::text[]"
-            f" AND NOT step_id = ANY(%s::text[])"
-            f" ORDER BY started_at NULLS LAST, step_id", (locations, list(exclude)))
+            f"SELECT DISTINCT ON (s.step_id) probe.location AS via, s.* FROM"
+            f" unnest(%s::text[]) WITH ORDINALITY AS probe(location, n)"
+            f" CROSS JOIN LATERAL (SELECT {_LINEAGE_COLUMNS} FROM pudato_job_steps"
+            f" WHERE {column} @> jsonb_build_array(jsonb_build_object('location',"
+            f" probe.location))) s"
+            f" WHERE NOT s.step_id = ANY(%s::text[])"
+            f" ORDER BY s.step_id, probe.n", (locations, list(exclude)))
         rows = cur.fetchall()
-    order = {location: n for n, location in enumerate(locations)}
-    for row in rows:
-        row["via"] = min((ref["location"] for ref in row[column] if ref["location"] in order),
-                         key=order.__getitem__)
+    rows.sort(key=lambda r: (r["started_at"] is None, r["started_at"] or 0, r["step_id"]))
     return rows
 
 
