@@ -97,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="the main job on local defaults: stack, worker, a sample pipeline")
 
     _operations(sub, common)
+    openlineage = sub.add_parser("openlineage", help="OpenLineage RunEvents in")
+    ol_sub = openlineage.add_subparsers(dest="ol_command", required=True)
+    bridge = ol_sub.add_parser("bridge", parents=[common],
+                               help="consume PUDATO_OL_TOPIC, publish registry events")
+    bridge.add_argument("--drain", action="store_true",
+                        help="exit 0 once every assigned partition is caught up")
+    bridge.add_argument("--create-topics", action="store_true",
+                        help="create the OpenLineage topic and its dead-letter topic if missing")
     return parser
 
 
@@ -282,6 +290,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _dlq(args, settings)
     if args.command in ("jobs", "lineage"):
         return _query(args, settings)
+    if args.command == "openlineage":
+        return _bridge(args, settings)
     if args.command == "demo":
         from pudato_registry.demo import run_demo  # noqa: PLC0415
 
@@ -325,6 +335,27 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     log.info("worker stopped: consumed %d, applied %d, duplicates %d, dead-lettered %d, "
              "batches %d, busy %.2f s", s.consumed, s.applied, s.duplicates, s.dead_lettered,
              s.batches, s.busy_seconds)
+    return 0
+
+
+def _bridge(args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry import bridge  # noqa: PLC0415
+
+    if args.create_topics:
+        bridge.create_topics(settings)
+    running = bridge.Bridge(settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _n, _f: running.request_stop())
+    if settings.metrics_port:
+        port = running.metrics.serve(settings.metrics_host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    try:
+        running.run(drain=args.drain)
+    finally:
+        running.metrics.close()
+    s = running.stats
+    log.info("bridge stopped: consumed %d, published %d events, dead-lettered %d, ignored %d",
+             s.consumed, s.published, s.dead_lettered, s.ignored)
     return 0
 
 

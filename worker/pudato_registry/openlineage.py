@@ -65,6 +65,7 @@ class Ignored:
     """Valid OpenLineage input the registry has no use for, and why (counted, not dead-lettered)."""
 
     reason: str
+    kind: str = "other"  # not_a_run, streaming, subrun, namespace: the metric's label
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def _read(message: dict[str, Any], options: Options) -> _RunEvent | Ignored | Re
     """The RunEvent's envelope checked (§14), or why it is dead-lettered or ignored."""
     if "run" not in message:
         what = "a DatasetEvent" if "dataset" in message else "a JobEvent (no run)"
-        return Ignored(f"{what}: the registry records runs")
+        return Ignored(f"{what}: the registry records runs", "not_a_run")
     run, job = message.get("run"), message.get("job")
     if not isinstance(run, dict) or not isinstance(job, dict):
         return _invalid(RejectionKind.INVALID_FIELD, "run and job must be objects")
@@ -145,15 +146,17 @@ def _read(message: dict[str, Any], options: Options) -> _RunEvent | Ignored | Re
         return _invalid(RejectionKind.INVALID_FIELD, "the parent facet has no run.runId")
     job_type = _object(job_facets.get("jobType"))
     if options.namespaces is not None and namespace not in options.namespaces:
-        return Ignored(f"job namespace {namespace!r} is not on the allowlist")
+        return Ignored(f"job namespace {namespace!r} is not on the allowlist", "namespace")
     if str(job_type.get("processingType", "")).upper() in options.ignore_processing:
-        return Ignored(f"a {job_type['processingType']} run: its state is not a run's")
+        return Ignored(f"a {job_type['processingType']} run: its state is not a run's",
+                       "streaming")
     run_event = _RunEvent(message, str(run_id), namespace, name, event_type, when, facets,
                           job_facets, job_type, _object(parent) if parent is not None else None,
                           options)
     if run_event.is_step and (str(job_type.get("integration", "")).upper(),
                               str(job_type.get("jobType", "")).upper()) in options.skip_subruns:
-        return Ignored(f"a {job_type.get('integration')} {job_type.get('jobType')} sub-run")
+        return Ignored(f"a {job_type.get('integration')} {job_type.get('jobType')} sub-run",
+                       "subrun")
     return run_event
 
 

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     close_timeout_s: float = Field(
         5.0, ge=0, description="publisher: longest wait at exit before spooling the rest"
     )
+    ol_topic: str = Field("openlineage.events",
+                          description="openlineage bridge: the topic OpenLineage clients write")
+    ol_dlq_topic: str = Field("openlineage.events.dlq",
+                              description="openlineage bridge: where invalid input goes")
+    ol_group_id: str = Field("pudato-openlineage-bridge",
+                             description="openlineage bridge: its consumer group")
     log_json: bool = Field(False, description="log one JSON object per line")
     log_level: str = Field("INFO", description="logging level")
 
