@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="exit 0 once every assigned partition is caught up")
     bridge.add_argument("--create-topics", action="store_true",
                         help="create the OpenLineage topic and its dead-letter topic if missing")
+    ol_sub.add_parser("serve", parents=[common],
+                      help="POST /api/v1/lineage on PUDATO_OL_HTTP_HOST:PUDATO_OL_HTTP_PORT")
     return parser
 
 
@@ -291,7 +293,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("jobs", "lineage"):
         return _query(args, settings)
     if args.command == "openlineage":
-        return _bridge(args, settings)
+        return _bridge(args, settings) if args.ol_command == "bridge" else _serve(settings)
     if args.command == "demo":
         from pudato_registry.demo import run_demo  # noqa: PLC0415
 
@@ -356,6 +358,27 @@ def _bridge(args: argparse.Namespace, settings: Settings) -> int:
     s = running.stats
     log.info("bridge stopped: consumed %d, published %d events, dead-lettered %d, ignored %d",
              s.consumed, s.published, s.dead_lettered, s.ignored)
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    from pudato_registry import receiver  # noqa: PLC0415
+
+    app = receiver.Receiver(settings)
+    server = receiver.make_server(app, settings.ol_http_host, settings.ol_http_port)
+    # Signals only stop the server's loop; the flush happens in `finally`.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _n, _f: server.close())
+    log.info("receiving OpenLineage on http://%s:%d%s (to topic %s)%s",
+             settings.ol_http_host, server.effective_port, receiver.LINEAGE_PATH,
+             settings.topic, "" if settings.ol_api_key else "; no API key required")
+    try:
+        server.run()
+    except (OSError, ValueError):  # the loop ends on its closed sockets
+        pass
+    finally:
+        app.producer.flush(10)
+    log.info("receiver stopped: %s", app.counts)
     return 0
 
 

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
                               description="openlineage bridge: where invalid input goes")
     ol_group_id: str = Field("pudato-openlineage-bridge",
                              description="openlineage bridge: its consumer group")
+    ol_http_host: str = Field("127.0.0.1", description="openlineage serve: address to bind")
+    ol_http_port: int = Field(5000, ge=0, le=65535,
+                              description="openlineage serve: port (5000, as Marquez)")
+    ol_api_key: SecretStr | None = Field(
+        None, description="openlineage serve: the Bearer key clients must send (none: open)")
     log_json: bool = Field(False, description="log one JSON object per line")
     log_level: str = Field("INFO", description="logging level")
 
@@ -105,6 +110,8 @@ class Settings(BaseSettings):
         found = [value.get_secret_value() for key, value in self.kafka.items()
                  if any(part in key for part in _SECRET_KAFKA_KEYS)]
         found += dsn_secrets(self.database_dsn)
+        if self.ol_api_key is not None:
+            found.append(self.ol_api_key.get_secret_value())
         return [secret for secret in found if len(secret) >= 3]  # "a" is in every line
 
 
