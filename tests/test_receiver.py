@@ -36,7 +36,7 @@ def _serving(settings: Settings) -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{server.effective_port}"
     server.close()
-    app.producer.flush(5)
+    app.close(5)
 
 
 @pytest.fixture

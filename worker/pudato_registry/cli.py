@@ -377,7 +377,7 @@ def _serve(settings: Settings) -> int:
     except (OSError, ValueError):  # the loop ends on its closed sockets
         pass
     finally:
-        app.producer.flush(10)
+        app.close()
     log.info("receiver stopped: %s", app.counts)
     return 0
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -51,6 +50,22 @@ class Receiver:
         self._expected = None if key is None else f"Bearer {key.get_secret_value()}"
         self._lock = threading.Lock()
         self.counts = {"published": 0, "rejected": 0, "ignored": 0, "unavailable": 0}
+        # One thread serves every request's delivery reports, so that a request wakes
+        # the moment its own events are acknowledged.
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, daemon=True,
+                                        name="pudato-receiver-deliveries")
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.1)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop serving delivery reports, after waiting up to ``timeout`` s for the last ones."""
+        self.producer.flush(timeout)
+        self._stop.set()
+        self._poller.join()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request."""
@@ -110,10 +125,7 @@ class Receiver:
         except (BufferError, KafkaException) as exc:
             log.warning("the broker cannot take events now: %s", exc)
             return False
-        deadline = time.monotonic() + self.delivery_timeout_s + 1
-        while not done.is_set() and time.monotonic() < deadline:
-            self.producer.poll(0.05)  # serves whichever request's reports come first
-        return done.is_set() and not failed
+        return done.wait(self.delivery_timeout_s + 1) and not failed
 
     def _count(self, what: str, answer: Iterable[bytes]) -> Iterable[bytes]:
         with self._lock:
