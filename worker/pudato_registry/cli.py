@@ -369,7 +369,7 @@ def _serve(settings: Settings) -> int:
     # Signals only stop the server's loop; the flush happens in `finally`.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _n, _f: server.close())
-    log.info("receiving OpenLineage on http://%s:%d%s (to topic %s)%s",
+    log.info("receiving OpenLineage on http://%s:%s%s (to topic %s)%s",
              settings.ol_http_host, server.effective_port, receiver.LINEAGE_PATH,
              settings.topic, "" if settings.ol_api_key else "; no API key required")
     try:
