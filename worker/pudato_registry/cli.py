@@ -366,17 +366,20 @@ def _serve(settings: Settings) -> int:
 
     app = receiver.Receiver(settings)
     server = receiver.make_server(app, settings.ol_http_host, settings.ol_http_port)
-    # Signals only stop the server's loop; the flush happens in `finally`.
+    def stop(_signum: int, _frame: object) -> None:
+        # waitress's loop runs while any client holds a connection open; it ends on
+        # KeyboardInterrupt alone, whatever its clients do. The flush follows in `finally`.
+        raise KeyboardInterrupt
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _n, _f: server.close())
+        signal.signal(signum, stop)
     log.info("receiving OpenLineage on http://%s:%s%s (to topic %s)%s",
              settings.ol_http_host, server.effective_port, receiver.LINEAGE_PATH,
              settings.topic, "" if settings.ol_api_key else "; no API key required")
     try:
         server.run()
-    except (OSError, ValueError):  # the loop ends on its closed sockets
-        pass
     finally:
+        server.close()
         app.close()
     log.info("receiver stopped: %s", app.counts)
     return 0
