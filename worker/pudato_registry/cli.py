@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from pydantic import ValidationError
@@ -18,6 +18,9 @@ from pydantic import ValidationError
 from pudato_registry import logs
 from pudato_registry.present import safe
 from pudato_registry.settings import Settings, redact_dsn
+
+if TYPE_CHECKING:
+    from pudato_registry.metrics import Metrics
 
 log = logging.getLogger("pudato_registry")
 
@@ -310,6 +313,26 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+class _Service(Protocol):
+    metrics: Metrics
+
+    def request_stop(self) -> None: ...
+    def run(self, *, drain: bool = False) -> None: ...
+
+
+def _run_service(service: _Service, settings: Settings, *, drain: bool) -> None:
+    """Run a consuming service: signals only ask it to stop; its metrics are served meanwhile."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _n, _f: service.request_stop())
+    if settings.metrics_port:
+        port = service.metrics.serve(settings.metrics_host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    try:
+        service.run(drain=drain)
+    finally:
+        service.metrics.close()
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from pudato_registry import kafka, store  # noqa: PLC0415
     from pudato_registry.loop import FatalError, Worker  # noqa: PLC0415
@@ -321,18 +344,11 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.create_topics:
         kafka.create_topics(settings)
     worker = Worker(settings)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _n, _f: worker.request_stop())
-    if settings.metrics_port:
-        port = worker.metrics.serve(settings.metrics_host, settings.metrics_port)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     try:
-        worker.run(drain=args.drain)
+        _run_service(worker, settings, drain=args.drain)
     except (FatalError, kafka.TopicMissingError) as exc:
         log.error("worker stopped: %s", exc)
         return 1
-    finally:
-        worker.metrics.close()
     s = worker.stats
     log.info("worker stopped: consumed %d, applied %d, duplicates %d, dead-lettered %d, "
              "batches %d, busy %.2f s", s.consumed, s.applied, s.duplicates, s.dead_lettered,
@@ -346,15 +362,7 @@ def _bridge(args: argparse.Namespace, settings: Settings) -> int:
     if args.create_topics:
         bridge.create_topics(settings)
     running = bridge.Bridge(settings)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _n, _f: running.request_stop())
-    if settings.metrics_port:
-        port = running.metrics.serve(settings.metrics_host, settings.metrics_port)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
-    try:
-        running.run(drain=args.drain)
-    finally:
-        running.metrics.close()
+    _run_service(running, settings, drain=args.drain)
     s = running.stats
     log.info("bridge stopped: consumed %d, published %d events, dead-lettered %d, ignored %d",
              s.consumed, s.published, s.dead_lettered, s.ignored)
