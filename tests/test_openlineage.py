@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pudato_registry import inputs
 from pudato_registry import openlineage as ol
 from pudato_registry.projection import Projection, fold
 from pudato_registry.validate import Rejection, RejectionKind, validate
@@ -22,12 +23,12 @@ def _lines(name: str) -> list[bytes]:
     return (SAMPLES / f"{name}.jsonl").read_bytes().splitlines()
 
 
-def _events(lines: list[bytes]) -> tuple[list[Event], list[ol.Ignored], list[Rejection]]:
+def _events(lines: list[bytes]) -> tuple[list[Event], list[inputs.Ignored], list[Rejection]]:
     events: list[Event] = []
     ignored, rejected = [], []
     for line in lines:
         result = ol.translate(line)
-        if isinstance(result, ol.Ignored):
+        if isinstance(result, inputs.Ignored):
             ignored.append(result)
         elif isinstance(result, Rejection):
             rejected.append(result)
@@ -183,8 +184,8 @@ def test_bad_input_is_refused_with_a_kind(value: bytes | None, kind: RejectionKi
 
 
 def test_job_and_dataset_events_are_ignored() -> None:
-    assert isinstance(ol.translate(b'{"job": {"namespace": "n", "name": "j"}}'), ol.Ignored)
-    assert isinstance(ol.translate(b'{"dataset": {"namespace": "n", "name": "d"}}'), ol.Ignored)
+    assert isinstance(ol.translate(b'{"job": {"namespace": "n", "name": "j"}}'), inputs.Ignored)
+    assert isinstance(ol.translate(b'{"dataset": {"namespace": "n", "name": "d"}}'), inputs.Ignored)
 
 
 def test_names_over_the_limits_are_cut_apart_and_the_event_stays_valid() -> None:
@@ -192,10 +193,24 @@ def test_names_over_the_limits_are_cut_apart_and_the_event_stays_valid() -> None
     cut = []
     for name in (long_a, long_b):
         result = ol.translate(_run_event(job={"namespace": "ns", "name": name}))
-        assert isinstance(result, ol.Translated)
+        assert isinstance(result, inputs.Translated)
         event = validate(result.messages[0][1])
         assert not isinstance(event, Rejection)
         cut.append(event.data.pipeline)  # type: ignore[union-attr]
         assert event.data.metadata["ol_job_name"] == name  # type: ignore[index]
     assert len(cut[0]) == 512
     assert cut[0] != cut[1]
+
+
+def test_input_formats_are_chosen_by_name() -> None:
+    assert inputs.decoder("openlineage") is ol.translate
+    mirror = inputs.decoder("events-v1")
+    value = (b'{"schema_version": 1, "event_id": "e", "event_type": "job.started",'
+             b' "occurred_at": "2026-11-30T00:00:00Z", "correlation_id": "c", "job_id": "j"}')
+    assert mirror(value) == inputs.Translated([(b"c", value)])
+    refused = mirror(b"{}")
+    assert isinstance(refused, Rejection)
+    assert refused.kind is RejectionKind.MISSING_FIELD
+    with pytest.raises(ValueError, match="no input format 'avro'; there are events-v1, "
+                                         "openlineage"):
+        inputs.decoder("avro")

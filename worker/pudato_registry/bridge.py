@@ -22,7 +22,7 @@ from typing import Any, TypeVar, cast
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client import Counter
 
-from pudato_registry import kafka, openlineage
+from pudato_registry import inputs, kafka, openlineage
 from pudato_registry.metrics import Metrics
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection
@@ -45,11 +45,11 @@ class BridgeStats:
 class Bridge:
     """Consumes OpenLineage RunEvents and publishes the registry events they become."""
 
-    def __init__(self, settings: Settings, *, options: openlineage.Options | None = None,
+    def __init__(self, settings: Settings, *, decode: inputs.Decoder | None = None,
                  consumer: Consumer | None = None, producer: Producer | None = None,
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.options = options or openlineage.Options()
+        self.decode = decode or inputs.decoder(settings.input_format)
         self.consumer = consumer or kafka.make_consumer(settings, **{
             "group.id": settings.ol_group_id, "client.id": "pudato-openlineage-bridge",
             # A RunEvent may be 8 MiB (column lineage, plans).
@@ -107,8 +107,8 @@ class Bridge:
             self._at_end.discard(where)
             offsets[where] = cast(int, message.offset()) + 1
             self.stats.consumed += 1
-            result = openlineage.translate(message.value(), self.options)
-            if isinstance(result, openlineage.Translated):
+            result = self.decode(message.value())
+            if isinstance(result, inputs.Translated):
                 out += [(key, value, None) for key, value in result.messages]
             elif isinstance(result, Rejection):
                 letters.append(kafka.dead_letter(message, result.kind.value, result.message,

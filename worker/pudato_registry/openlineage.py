@@ -29,6 +29,7 @@ import msgspec
 
 from pudato_registry import events
 from pudato_registry.factory import cut_error
+from pudato_registry.inputs import Ignored, Translated
 from pudato_registry.validate import Rejection, RejectionKind, validate
 
 MIB = 1024 * 1024
@@ -58,21 +59,6 @@ class Options:
     location_by_name: bool = False  # `location` = the dataset name alone, not namespace/name
     environments: Mapping[str, str] = field(default_factory=dict)  # OL job namespace -> env
     namespaces: frozenset[str] | None = None  # only these OL job namespaces (None: all)
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """Valid OpenLineage input the registry has no use for, and why (counted, not dead-lettered)."""
-
-    reason: str
-    kind: str = "other"  # not_a_run, streaming, subrun, namespace: the metric's label
-
-
-@dataclass(frozen=True)
-class Translated:
-    """The registry events one RunEvent becomes: (key, value) messages, ready to publish."""
-
-    messages: list[tuple[bytes, bytes]]
 
 
 def _invalid(kind: RejectionKind, message: str) -> Rejection:

@@ -26,7 +26,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from pudato_registry import kafka, openlineage
+from pudato_registry import inputs, kafka, openlineage
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection
 
@@ -38,10 +38,10 @@ LINEAGE_PATH = "/api/v1/lineage"
 class Receiver:
     """The WSGI application: translate, publish, answer."""
 
-    def __init__(self, settings: Settings, *, options: openlineage.Options | None = None,
+    def __init__(self, settings: Settings, *, decode: inputs.Decoder | None = None,
                  producer: Producer | None = None, delivery_timeout_s: float = 10.0) -> None:
         self.settings = settings
-        self.options = options or openlineage.Options()
+        self.decode = decode or inputs.decoder(settings.input_format)
         self.producer = producer or kafka.make_producer(settings, **{
             "client.id": "pudato-openlineage-receiver",
             "message.timeout.ms": int(delivery_timeout_s * 1000), "log_level": 2})
@@ -88,11 +88,11 @@ class Receiver:
             return self._count("rejected", _answer(start_response, "400 Bad Request", {
                 "error": "too_large", "reason": f"a RunEvent is at most "
                                                 f"{openlineage.INPUT_MAX_BYTES} bytes"}))
-        result = openlineage.translate(environ["wsgi.input"].read(length), self.options)
+        result = self.decode(environ["wsgi.input"].read(length))
         if isinstance(result, Rejection):
             return self._count("rejected", _answer(start_response, "400 Bad Request", {
                 "error": result.kind.value, "reason": result.message}))
-        if isinstance(result, openlineage.Ignored):
+        if isinstance(result, inputs.Ignored):
             return self._count("ignored", _answer(start_response, "200 OK", {
                 "ignored": result.reason}))
         if not self._publish(result.messages):

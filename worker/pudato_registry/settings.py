@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     close_timeout_s: float = Field(
         5.0, ge=0, description="publisher: longest wait at exit before spooling the rest"
     )
+    input_format: str = Field(
+        "openlineage", description="openlineage bridge and serve: the decoder of their input "
+        "(inputs.FORMATS: openlineage, events-v1)")
     ol_topic: str = Field("openlineage.events",
                           description="openlineage bridge: the topic OpenLineage clients write")
     ol_dlq_topic: str = Field("openlineage.events.dlq",
