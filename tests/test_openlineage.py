@@ -13,6 +13,7 @@ import pytest
 from pudato_registry import inputs
 from pudato_registry import openlineage as ol
 from pudato_registry.projection import Projection, fold
+from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, RejectionKind, validate
 from pudato_registry.wire import Event
 
@@ -202,9 +203,19 @@ def test_names_over_the_limits_are_cut_apart_and_the_event_stays_valid() -> None
     assert cut[0] != cut[1]
 
 
-def test_input_formats_are_chosen_by_name() -> None:
-    assert inputs.decoder("openlineage") is ol.translate
-    mirror = inputs.decoder("events-v1")
+def test_input_formats_are_chosen_by_name_with_their_options() -> None:
+    by_name = inputs.decoder("openlineage", Settings(
+        ol_location_by_name=True, ol_environments={"pudato-demo": "prod"}))
+    projection = fold([e for line in PARENT for e in _decoded(by_name(line))])
+    (job,) = projection.job_rows()
+    assert job.environment == "staging"  # the run's tag wins over the map
+    assert {o["location"] for s in projection.step_rows() for o in s.outputs} == {
+        "staging/departments/2026-11-30.parquet"}
+    untagged = inputs.decoder("openlineage", Settings(ol_environments={"ns": "prod"}))
+    assert _decoded(untagged(_run_event()))[0].data.environment == "prod"  # type: ignore[union-attr]
+    only = inputs.decoder("openlineage", Settings(ol_namespaces=["elsewhere"]))
+    assert isinstance(only(_run_event()), inputs.Ignored)
+    mirror = inputs.decoder("events-v1", Settings())
     value = (b'{"schema_version": 1, "event_id": "e", "event_type": "job.started",'
              b' "occurred_at": "2026-11-30T00:00:00Z", "correlation_id": "c", "job_id": "j"}')
     assert mirror(value) == inputs.Translated([(b"c", value)])
@@ -213,4 +224,17 @@ def test_input_formats_are_chosen_by_name() -> None:
     assert refused.kind is RejectionKind.MISSING_FIELD
     with pytest.raises(ValueError, match="no input format 'avro'; there are events-v1, "
                                          "openlineage"):
-        inputs.decoder("avro")
+        inputs.decoder("avro", Settings())
+
+
+PARENT = (SAMPLES / "python-client-parent-children.jsonl").read_bytes().splitlines()
+
+
+def _decoded(result: inputs.Decoded) -> list[Event]:
+    assert isinstance(result, inputs.Translated), result
+    out = []
+    for _key, value in result.messages:
+        event = validate(value)
+        assert not isinstance(event, Rejection)
+        out.append(event)
+    return out

@@ -49,7 +49,7 @@ class Bridge:
                  consumer: Consumer | None = None, producer: Producer | None = None,
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.decode = decode or inputs.decoder(settings.input_format)
+        self.decode = decode or inputs.decoder(settings.input_format, settings)
         self.consumer = consumer or kafka.make_consumer(settings, **{
             "group.id": settings.ol_group_id, "client.id": "pudato-openlineage-bridge",
             # A RunEvent may be 8 MiB (column lineage, plans).

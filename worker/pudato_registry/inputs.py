@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, validate
 
 
@@ -37,20 +38,27 @@ class Ignored:
 Decoded = Translated | Ignored | Rejection
 Decoder = Callable[[bytes | None], Decoded]
 
-# name -> "module:function", imported when first asked for.
+# name -> "module:function", imported when first asked for: the function takes the
+# settings and gives the decoder (which may read options from them).
 FORMATS: dict[str, str] = {
-    "openlineage": "pudato_registry.openlineage:translate",
-    "events-v1": "pudato_registry.inputs:events_v1",
+    "openlineage": "pudato_registry.openlineage:decoder",
+    "events-v1": "pudato_registry.inputs:events_v1_decoder",
 }
 
 
-def decoder(name: str) -> Decoder:
-    """The decoder registered as ``name``; ValueError naming the formats there are."""
+def decoder(name: str, settings: Settings) -> Decoder:
+    """The decoder registered as ``name``, set up from ``settings``; ValueError if none is."""
     target = FORMATS.get(name)
     if target is None:
         raise ValueError(f"no input format {name!r}; there are {', '.join(sorted(FORMATS))}")
     module, function = target.split(":")
-    return cast(Decoder, getattr(importlib.import_module(module), function))
+    make = cast(Callable[[Settings], Decoder], getattr(importlib.import_module(module), function))
+    return make(settings)
+
+
+def events_v1_decoder(_settings: Settings) -> Decoder:
+    """The ``events-v1`` format: registry events mirrored as they are."""
+    return events_v1
 
 
 def events_v1(value: bytes | None) -> Decoded:

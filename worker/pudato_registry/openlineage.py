@@ -19,8 +19,9 @@ emits still gets its pipeline and namespace.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,7 @@ import msgspec
 from pudato_registry import events
 from pudato_registry.factory import cut_error
 from pudato_registry.inputs import Ignored, Translated
+from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, RejectionKind, validate
 
 MIB = 1024 * 1024
@@ -51,7 +53,7 @@ _canonical = msgspec.json.Encoder(order="sorted").encode
 
 @dataclass(frozen=True)
 class Options:
-    """What the contract leaves to configuration (decisions 2, 6, 7)."""
+    """What the contract leaves to configuration (decisions 2, 6, 7), from ``PUDATO_OL_*``."""
 
     # Sub-runs ignored rather than made steps: (jobType.integration, jobType.jobType).
     skip_subruns: frozenset[tuple[str, str]] = frozenset({("DBT", "SQL")})
@@ -59,6 +61,22 @@ class Options:
     location_by_name: bool = False  # `location` = the dataset name alone, not namespace/name
     environments: Mapping[str, str] = field(default_factory=dict)  # OL job namespace -> env
     namespaces: frozenset[str] | None = None  # only these OL job namespaces (None: all)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Options:
+        """The options ``PUDATO_OL_*`` settings describe."""
+        skip = frozenset(tuple(item.upper().split(":", 1)) for item in settings.ol_skip_subruns
+                         if ":" in item)
+        return cls(skip_subruns=skip,  # type: ignore[arg-type]
+                   location_by_name=settings.ol_location_by_name,
+                   environments=dict(settings.ol_environments),
+                   namespaces=None if settings.ol_namespaces is None
+                   else frozenset(settings.ol_namespaces))
+
+
+def decoder(settings: Settings) -> Callable[[bytes | None], Translated | Ignored | Rejection]:
+    """:func:`translate` with the options ``settings`` describe (``inputs.FORMATS`` entry)."""
+    return functools.partial(translate, options=Options.from_settings(settings))
 
 
 def _invalid(kind: RejectionKind, message: str) -> Rejection:

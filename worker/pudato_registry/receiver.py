@@ -41,7 +41,7 @@ class Receiver:
     def __init__(self, settings: Settings, *, decode: inputs.Decoder | None = None,
                  producer: Producer | None = None, delivery_timeout_s: float = 10.0) -> None:
         self.settings = settings
-        self.decode = decode or inputs.decoder(settings.input_format)
+        self.decode = decode or inputs.decoder(settings.input_format, settings)
         self.producer = producer or kafka.make_producer(settings, **{
             "client.id": "pudato-openlineage-receiver",
             "message.timeout.ms": int(delivery_timeout_s * 1000), "log_level": 2})

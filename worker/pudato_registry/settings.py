@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     input_format: str = Field(
         "openlineage", description="openlineage bridge and serve: the decoder of their input "
         "(inputs.FORMATS: openlineage, events-v1)")
+    ol_location_by_name: bool = Field(
+        False, description="openlineage: a reference's location is the dataset name alone, "
+        "not namespace/name (to join with native events naming tables schema.table)")
+    ol_environments: dict[str, str] = Field(
+        default_factory=dict, description="openlineage: job namespace -> environment, for "
+        "runs without an environment tag (JSON object)")
+    ol_skip_subruns: list[str] = Field(
+        ["DBT:SQL"], description="openlineage: sub-runs ignored, as INTEGRATION:JOBTYPE")
+    ol_namespaces: list[str] | None = Field(
+        None, description="openlineage: only these job namespaces (none: all)")
     ol_topic: str = Field("openlineage.events",
                           description="openlineage bridge: the topic OpenLineage clients write")
     ol_dlq_topic: str = Field("openlineage.events.dlq",
