@@ -63,7 +63,7 @@ class Bridge:
         self._stop = threading.Event()
         self._assigned: set[Partition] = set()
         self._at_end: set[Partition] = set()
-        self._letter_max_bytes = kafka.BROKER_DEFAULT_MAX_BYTES
+        self.dead_letters = kafka.DeadLetters(settings, self.producer, settings.ol_dlq_topic)
 
     def request_stop(self) -> None:
         """Finish the batch, store its offsets and return (signal handlers call this)."""
@@ -74,8 +74,7 @@ class Bridge:
         s = self.settings
         try:
             kafka.require_topics(s, s.ol_topic, s.ol_dlq_topic, s.topic)
-            self._letter_max_bytes = min(kafka.max_message_bytes(s, s.ol_dlq_topic),
-                                         int(kafka.producer_config(s)["message.max.bytes"]))
+            self.dead_letters.start()
             self.consumer.subscribe([s.ol_topic], on_assign=self._on_assign,
                                     on_revoke=self._on_revoke)
             self.metrics.set_ready(True)
@@ -93,7 +92,7 @@ class Bridge:
 
     def _batch(self, messages: list[Message]) -> None:
         out: list[kafka.Outgoing] = []
-        letters: list[kafka.Outgoing] = []
+        letters: list[tuple[Message, str, str]] = []
         offsets: dict[Partition, int] = {}
         for message in messages:
             where = cast(Partition, (message.topic(), message.partition()))
@@ -111,11 +110,7 @@ class Bridge:
             if isinstance(result, inputs.Translated):
                 out += [(key, value, None) for key, value in result.messages]
             elif isinstance(result, Rejection):
-                letters.append(kafka.dead_letter(message, result.kind.value, result.message,
-                                                 self._letter_max_bytes))
-                log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic(),
-                            message.partition(), message.offset(), result.kind.value,
-                            kafka.cap_utf8(result.message, kafka.ERROR_HEADER_MAX_BYTES))
+                letters.append((message, result.kind.value, result.message))
                 self.metrics.dead_lettered.labels(result.kind.value).inc()
             else:
                 self.stats.ignored += 1
@@ -125,8 +120,7 @@ class Bridge:
         # Durable before acknowledged: both topics have the batch before its offsets move.
         self._retry("publish", kafka.deliver, self.producer, self.settings.topic, out,
                     max(self.settings.retry_max_backoff_s, 10.0))
-        self._retry("dead_letter", kafka.deliver, self.producer, self.settings.ol_dlq_topic,
-                    letters, max(self.settings.retry_max_backoff_s, 10.0))
+        self._retry("dead_letter", self.dead_letters.send, letters)
         self.consumer.store_offsets(offsets=[TopicPartition(t, p, o)
                                              for (t, p), o in offsets.items()])
         self.stats.published += len(out)

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -302,6 +302,48 @@ def dead_letter(message: Message, kind: str, error: str, max_bytes: int) -> Outg
         headers += _cut_headers("value", value)
         value = value[:max(0, room - _size(headers[-3:]))]
     return key, value, headers
+
+
+class DeadLetters:
+    """Sends dead letters to one topic, each cut to what the topic takes (worker and bridge).
+
+    The size is learnt from the topic at :meth:`start`; when the broker still
+    refuses a letter as too large (the topic's config changed since), the
+    raised :class:`DeliveryError` leaves every later letter cut to half as
+    much, so a retry fits. Each letter is logged once, its reason capped.
+    """
+
+    SMALLEST = 64 * 1024  # never cut below this, whatever the topic says
+
+    def __init__(self, settings: Settings, producer: Producer, topic: str) -> None:
+        self.settings, self.producer, self.topic = settings, producer, topic
+        self.max_bytes = BROKER_DEFAULT_MAX_BYTES
+
+    def start(self) -> None:
+        """Learn what a letter may take: both the topic's and our producer's limit."""
+        self.max_bytes = min(max_message_bytes(self.settings, self.topic),
+                             int(producer_config(self.settings)["message.max.bytes"]))
+
+    def send(self, letters: Sequence[tuple[Message, str, str]]) -> None:
+        """Deliver (message, kind, reason) letters and wait for the broker's acknowledgement."""
+        if not letters:
+            return
+        max_bytes = self.max_bytes
+        try:
+            deliver(self.producer, self.topic,
+                    (dead_letter(message, kind, reason, max_bytes)
+                     for message, kind, reason in letters),
+                    max(self.settings.retry_max_backoff_s, 10.0))
+        except DeliveryError as exc:
+            if exc.too_large and max_bytes > self.SMALLEST:
+                self.max_bytes = max(self.SMALLEST, max_bytes // 2)
+                log.warning("the dead-letter topic refused a letter of up to %d bytes; "
+                            "cutting letters to %d", max_bytes, self.max_bytes)
+            raise
+        for message, kind, reason in letters:
+            # One line each, however large the message: the reason is capped as in the letter.
+            log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic(), message.partition(),
+                        message.offset(), kind, cap_utf8(reason, ERROR_HEADER_MAX_BYTES))
 
 
 def _cut_headers(what: str, original: bytes) -> Headers:

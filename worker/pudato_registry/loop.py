@@ -96,8 +96,6 @@ def tune_interpreter() -> None:
     sys.setswitchinterval(0.001)
 
 
-# Letters are never cut below this, however small the dead-letter topic says it is.
-_SMALLEST_LETTER = 64 * 1024
 # A message that is dead-lettered: why (kind, reason).
 Letter = tuple[Message, RejectionKind, str]
 
@@ -308,7 +306,7 @@ class Worker:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
         self._inflight: tuple[Batch, Future[_Written], float] | None = None
         self._written = States(jobs={}, steps={})  # the states the in-flight batch writes
-        self._letter_max_bytes = kafka.BROKER_DEFAULT_MAX_BYTES  # learnt at start
+        self.dead_letters = kafka.DeadLetters(settings, self.producer, settings.dlq_topic)
         self.refolds = 0  # batches whose states changed under them (another worker)
         self.isolations = 0  # batches split to isolate events PostgreSQL refused
 
@@ -348,9 +346,7 @@ class Worker:
     def _start(self) -> None:
         settings = self.settings
         kafka.require_topics(settings, settings.topic, settings.dlq_topic)
-        # A letter must fit what both the topic and our producer take.
-        self._letter_max_bytes = min(kafka.max_message_bytes(settings, settings.dlq_topic),
-                                     int(kafka.producer_config(settings)["message.max.bytes"]))
+        self.dead_letters.start()
         self._retry("connect", self.store.ping)
         tune_interpreter()
         self.consumer.subscribe([settings.topic], on_assign=self._on_assign,
@@ -523,25 +519,7 @@ class Worker:
     # --- the two side effects ----------------------------------------------------
 
     def _dead_letter(self, letters: Sequence[Letter]) -> None:
-        max_bytes = self._letter_max_bytes
-        try:
-            kafka.deliver(self.producer, self.settings.dlq_topic, (
-                kafka.dead_letter(message, kind.value, reason, max_bytes)
-                for message, kind, reason in letters
-            ), max(self.settings.retry_max_backoff_s, 10.0))
-        except kafka.DeliveryError as exc:
-            if exc.too_large and max_bytes > _SMALLEST_LETTER:
-                # The topic takes less than it said at start (its config changed):
-                # the retry cuts every letter to half as much.
-                self._letter_max_bytes = max(_SMALLEST_LETTER, max_bytes // 2)
-                log.warning("the dead-letter topic refused a letter of up to %d bytes; "
-                            "cutting letters to %d", max_bytes, self._letter_max_bytes)
-            raise
-        for message, kind, reason in letters:
-            # One line each, however large the message: the reason is capped as in the letter.
-            log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic(), message.partition(),
-                        message.offset(), kind.value,
-                        kafka.cap_utf8(reason, kafka.ERROR_HEADER_MAX_BYTES))
+        self.dead_letters.send([(message, kind.value, reason) for message, kind, reason in letters])
 
     def _retry(self, operation: str, fn: Callable[..., T], *args: Any,
                deadline: float | None = None) -> T:
