@@ -140,6 +140,18 @@ def settings(services: Services, database_url: str) -> Settings:
     return made
 
 
+@pytest.fixture
+def ol_settings(settings: Settings) -> Settings:
+    """Settings with an OpenLineage topic, dead-letter topic and group of their own (created)."""
+    from pudato_registry import bridge  # noqa: PLC0415
+
+    made = settings.replace(ol_topic=f"{settings.topic}.ol",
+                            ol_dlq_topic=f"{settings.topic}.ol.dlq",
+                            ol_group_id=f"{settings.group_id}.ol")
+    bridge.create_topics(made)
+    return made
+
+
 def produce(settings: Settings, messages: Sequence[tuple[bytes | None, bytes | None]],
             topic: str | None = None) -> None:
     """Produce (key, value) messages in order and wait until the broker has them all."""

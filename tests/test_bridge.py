@@ -16,16 +16,6 @@ from tests.services import produce, read_topic
 from tests.test_openlineage import SAMPLES, _events
 
 
-@pytest.fixture
-def ol_settings(settings: Settings) -> Settings:
-    """The test's settings with an OpenLineage topic and dead-letter topic of their own."""
-    made = settings.replace(ol_topic=f"{settings.topic}.ol",
-                            ol_dlq_topic=f"{settings.topic}.ol.dlq",
-                            ol_group_id=f"{settings.group_id}.ol")
-    bridge.create_topics(made)
-    return made
-
-
 def test_every_sample_through_the_bridge_and_the_worker(ol_settings: Settings) -> None:
     lines = [line for path in sorted(SAMPLES.glob("*.jsonl"))
              for line in path.read_bytes().splitlines()]

@@ -39,14 +39,6 @@ def dbt_ol() -> Path:
     return executable
 
 
-@pytest.fixture
-def ol_settings(settings: Settings) -> Settings:
-    made = settings.replace(ol_topic=f"{settings.topic}.ol",
-                            ol_dlq_topic=f"{settings.topic}.ol.dlq",
-                            ol_group_id=f"{settings.group_id}.ol")
-    bridge.create_topics(made)
-    return made
-
 
 def _dbt_ol(dbt_ol: Path, settings: Settings, work: Path, *args: str) -> tuple[int, str]:
     project = work / "project"

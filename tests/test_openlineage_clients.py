@@ -75,14 +75,6 @@ def _assert_rows(settings: Settings, parent_id: str) -> None:
         "postgres://db:5432/wh.public.departments"]
 
 
-@pytest.fixture
-def ol_settings(settings: Settings) -> Settings:
-    made = settings.replace(ol_topic=f"{settings.topic}.ol",
-                            ol_dlq_topic=f"{settings.topic}.ol.dlq",
-                            ol_group_id=f"{settings.group_id}.ol")
-    bridge.create_topics(made)
-    return made
-
 
 def test_the_kafka_transport_through_the_bridge(ol_settings: Settings) -> None:
     transport = KafkaTransport(KafkaConfig(
