@@ -82,28 +82,34 @@ def pipeline_run(run: int, *, steps: int = 10, rng: random.Random | None = None,
 
 def workload(events: int, *, steps: int = 10, seed: int = 7, duplicates: float = 0.0,
              reorder_window: int = 0, concurrent: int = 20, fail_rate: float = 0.05,
-             prefix: str = "job") -> list[Event]:
-    """About ``events`` events from interleaved runs, with duplicates and local reordering."""
+             prefix: str = "job", runs: int | None = None) -> list[Event]:
+    """About ``events`` events (or ``runs`` whole runs) from ``concurrent`` runs in flight.
+
+    Runs are interleaved to the end: every run started is finished, with
+    duplicates and local reordering as asked.
+    """
     rng = random.Random(seed)
-    runs: list[Iterator[Event]] = []
+    active: list[Iterator[Event]] = []
     out: list[Event] = []
     run = 0
-    while len(out) < events:
-        while len(runs) < concurrent:
+    while True:
+        while len(active) < concurrent and (len(out) < events if runs is None else run < runs):
             fail = rng.randrange(steps) if rng.random() < fail_rate else None
-            runs.append(iter(pipeline_run(run, steps=steps, rng=random.Random(seed * 7919 + run),
-                                          fail_step=fail, prefix=prefix)))
+            active.append(iter(pipeline_run(run, steps=steps,
+                                            rng=random.Random(seed * 7919 + run),
+                                            fail_step=fail, prefix=prefix)))
             run += 1
-        pick = rng.randrange(len(runs))
-        event = next(runs[pick], None)
+        if not active:
+            break
+        pick = rng.randrange(len(active))
+        event = next(active[pick], None)
         if event is None:
-            runs.pop(pick)
+            active[pick] = active[-1]  # order among runs does not matter: O(1) removal
+            active.pop()
             continue
         out.append(event)
         if duplicates and rng.random() < duplicates:
             out.append(event)
-    for active in runs:  # finish what was started, so every run ends
-        out.extend(active)
     if reorder_window > 1:
         for start in range(0, len(out), reorder_window):
             chunk = out[start:start + reorder_window]
