@@ -135,6 +135,35 @@ def test_any_split_into_saved_and_resumed_chunks_gives_the_same_rows(
     assert _rows(projection) == _rows(fold(events))
 
 
+@settings(max_examples=300, deadline=None)
+@given(pipelines, st.lists(st.integers(1, 10), max_size=10), st.randoms(use_true_random=False))
+def test_writing_only_what_each_batch_changed_gives_the_rows_of_one_fold(
+        events: list[Event], sizes: list[int], rng: Any) -> None:
+    """As the worker writes: each batch folds into the saved states it reads, encoded, and
+    writes the rows and states of the entities it marks changed, and nothing else."""
+    shuffled = list(events)
+    rng.shuffle(shuffled)
+    job_states: dict[str, str] = {}
+    step_states: dict[str, str] = {}
+    jobs: dict[str, Any] = {}
+    steps: dict[str, Any] = {}
+    start = 0
+    for size in [*sizes, len(shuffled)]:
+        batch = shuffled[start:start + size]
+        start += size
+        projection = Projection(saved_jobs=dict(job_states), saved_steps=dict(step_states))
+        projection.apply_all(batch)
+        jobs.update((row.job_id, row) for row in projection.job_rows(only_changed=True))
+        steps.update((row.step_id, row) for row in projection.step_rows(only_changed=True))
+        job_states.update((i, projection.jobs[i].dump()) for i in projection.changed_jobs)
+        step_states.update((i, projection.steps[i].dump()) for i in projection.changed_steps)
+    expected = fold(events)
+    assert (sorted(jobs.values()), sorted(steps.values())) == _rows(expected)
+    # The same states (their encoding may order keys differently: not compared).
+    assert {i: JobState.load(i, s) for i, s in job_states.items()} == expected.jobs
+    assert {i: StepState.load(i, s) for i, s in step_states.items()} == expected.steps
+
+
 @settings(max_examples=200, deadline=None)
 @given(pipelines)
 def test_refolding_seen_events_changes_nothing(events: list[Event]) -> None:

@@ -59,7 +59,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from pudato_registry import kafka
 from pudato_registry.metrics import Metrics
-from pudato_registry.projection import JobState, Projection, StepState
+from pudato_registry.projection import Projection
 from pudato_registry.settings import Settings
 from pudato_registry.store import Failure, States, Store, Writes, classify, describe
 from pudato_registry.validate import Rejection, RejectionKind, validate
@@ -161,15 +161,15 @@ def plan_writes(events: Sequence[Event], states: States, *, rewrite: bool = Fals
     With ``rewrite``, every entity the events name gets its row written from
     its state even if no event was new: selective replay repairs rows so.
     """
-    projection = Projection(
-        jobs={job_id: JobState.load(job_id, s) for job_id, s in states.jobs.items()},
-        steps={step_id: StepState.load(step_id, s) for step_id, s in states.steps.items()},
-    )
+    # Copies: the projection takes each saved state out as it decodes it.
+    projection = Projection(saved_jobs=dict(states.jobs), saved_steps=dict(states.steps))
     new = projection.apply_all(events)
     if rewrite:
-        projection.changed_jobs.update(e.job_id for e in events if e.job_id in projection.jobs)
-        projection.changed_steps.update(e.step_id for e in events
-                                        if e.step_id is not None and e.step_id in projection.steps)
+        for event in events:
+            if projection.job(event.job_id) is not None:
+                projection.changed_jobs.add(event.job_id)
+            if event.step_id is not None and projection.step(event.step_id) is not None:
+                projection.changed_steps.add(event.step_id)
     writes = Writes(
         jobs=projection.job_rows(only_changed=True),
         steps=projection.step_rows(only_changed=True),
@@ -320,28 +320,31 @@ class Worker:
         """Consume until stopped, or with ``drain`` until every assigned partition is caught up."""
         try:
             self._start()
-            while not self._stop.is_set():
-                messages = self.consumer.consume(self.settings.batch_size,
-                                                 self.settings.batch_timeout_s)
-                started = time.perf_counter()
-                batch = self._collect(messages)
-                if batch.consumed:
-                    self._process(batch, started)
-                elif self._inflight is not None:
-                    self._settle()  # nothing new: acknowledge the last batch now, not later
-                self._observe_lag()
-                # For /healthz: the loop went round; is there more to do?
-                self.metrics.progressed(work_pending=self._inflight is not None
-                                        or self._behind > 0)
-                if drain and self._assigned and self._assigned <= self._at_end:
-                    self._settle()
-                    if self._assigned <= self._at_end:
-                        log.info("drained: every assigned partition is at its end")
-                        break
+            self._consume(drain=drain)
             self._settle()  # stopping: finish the batch in flight
         finally:
             self.metrics.set_ready(False)
             self._close()
+
+    def _consume(self, *, drain: bool) -> None:
+        while not self._stop.is_set():
+            messages = self.consumer.consume(self.settings.batch_size,
+                                             self.settings.batch_timeout_s)
+            started = time.perf_counter()
+            batch = self._collect(messages)
+            if batch.consumed:
+                self._process(batch, started)
+            elif self._inflight is not None:
+                self._settle()  # nothing new: acknowledge the last batch now, not later
+            self._observe_lag()
+            # For /healthz: the loop went round; is there more to do?
+            self.metrics.progressed(work_pending=self._inflight is not None
+                                    or self._behind > 0)
+            if drain and self._assigned and self._assigned <= self._at_end:
+                self._settle()
+                if self._assigned <= self._at_end:
+                    log.info("drained: every assigned partition is at its end")
+                    return
 
     def _start(self) -> None:
         settings = self.settings
