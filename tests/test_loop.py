@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pudato_registry import factory, kafka
 from pudato_registry.devstack import DevStack
 from pudato_registry.events import DataReference, Event
+from pudato_registry.factory import encode
 from pudato_registry.loop import FatalError, Worker
 from pudato_registry.sample import workload
 from pudato_registry.settings import MIB, Settings
@@ -89,6 +90,22 @@ def test_generated_workload_equals_the_pure_fold(settings: Settings) -> None:
     assert worker.stats.batches > 10
 
 
+def test_a_batch_ends_at_its_byte_budget_and_a_larger_message_makes_its_own(
+        settings: Settings) -> None:
+    events = workload(600, duplicates=0.05)
+    big = factory.job_submitted("job-big", pipeline="p", request={"blob": "x" * 30_000})
+    events.insert(300, big)
+    messages = messages_of(events)
+    produce(settings, messages)
+    budget = 10_000
+    worker = drain(settings.replace(batch_max_bytes=budget))
+    assert table_rows(settings.database_dsn) == expected_rows(events)
+    assert worker.stats.consumed == len(messages)
+    # Every batch kept to the budget, but for the one message larger than it, alone.
+    assert worker.stats.largest_batch_bytes == len(encode(big)) > budget
+    assert worker.stats.batches >= sum(len(v or b"") for _k, v in messages) // budget
+
+
 def test_numbers_of_any_size_and_nanosecond_timestamps_are_stored(settings: Settings) -> None:
     big = 2**70
     events: list[Event] = [
@@ -161,8 +178,10 @@ def test_sigkill_at_any_instant_converges(settings: Settings) -> None:
 
 
 def test_three_workers_one_killed_converge(services: Services, database_url: str) -> None:
+    # A byte budget of about 30 messages: consumed messages wait for the next
+    # batch while partitions move (those of revoked partitions are dropped).
     settings = settings_for(services.bootstrap_servers, database_url, partitions=6,
-                            batch_size=300)
+                            batch_size=300, batch_max_bytes=20_000)
     kafka.create_topics(settings)
     events = workload(12_000, duplicates=0.05)
     produce(settings, messages_of(events))

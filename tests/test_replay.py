@@ -49,7 +49,8 @@ def test_live_rebuild_under_load_never_shows_fewer_jobs(settings: Settings) -> N
     for t in readers:
         t.start()
     try:
-        report = replay.rebuild(settings)
+        # A byte budget of about 30 messages: batches of a consume() split.
+        report = replay.rebuild(settings.replace(batch_max_bytes=20_000))
         readers[1].join()
         expected = expected_rows(first + later)
         wait_for(lambda: table_rows(settings.database_dsn) == expected, timeout=120,

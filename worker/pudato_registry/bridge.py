@@ -57,6 +57,8 @@ class Bridge:
         self.producer = producer or kafka.make_producer(settings, **{
             "client.id": "pudato-openlineage-bridge"})
         self.metrics = metrics or Metrics(stall_timeout_s=settings.stall_timeout_s)
+        self._batches = kafka.Batches(self.consumer, settings.batch_size,
+                                      settings.batch_max_bytes, settings.batch_timeout_s)
         self.ignored = Counter("pudato_openlineage_ignored", "OpenLineage input ignored",
                                ["kind"], registry=self.metrics.registry)
         self.stats = BridgeStats()
@@ -80,9 +82,10 @@ class Bridge:
             self.metrics.set_ready(True)
             log.info("bridging %s to %s as group %s", s.ol_topic, s.topic, s.ol_group_id)
             while not self._stop.is_set():
-                self._batch(self.consumer.consume(s.batch_size, s.batch_timeout_s))
+                self._batch(self._batches.next())
                 self.metrics.progressed(work_pending=False)
-                if drain and self._assigned and self._assigned <= self._at_end:
+                if (drain and self._assigned and self._assigned <= self._at_end
+                        and not self._batches.waiting):
                     log.info("drained: every assigned partition is at its end")
                     break
         finally:
@@ -143,6 +146,7 @@ class Bridge:
         lost = {(p.topic, p.partition) for p in partitions}
         self._assigned -= lost
         self._at_end -= lost
+        self._batches.forget(lost)
         try:
             consumer.commit(asynchronous=False)
         except Exception as exc:  # nothing stored yet, or partitions already gone

@@ -32,6 +32,7 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "--dlq-topic": ("dlq_topic", str, "dead-letter topic"),
     "--group-id": ("group_id", str, "consumer group"),
     "--batch-size": ("batch_size", int, "most messages per transaction"),
+    "--batch-max-bytes": ("batch_max_bytes", int, "most bytes of message values per batch"),
     "--batch-timeout": ("batch_timeout_s", float, "seconds to wait to fill a batch"),
     "--metrics-port": ("metrics_port", int, "port of /metrics, /healthz, /readyz (0: off)"),
     "--partitions": ("partitions", int, "partitions of topics created"),

@@ -367,6 +367,59 @@ def headers_dict(headers: Headers | Mapping[str, str | bytes | None] | None) -> 
 # --- reading a topic from given offsets (replay, dead letters) ---------------------------
 
 
+def split_by_bytes(messages: Sequence[Message], max_bytes: int) -> Iterator[list[Message]]:
+    """``messages`` in order, in runs of at most ``max_bytes`` of values (at least one each)."""
+    run: list[Message] = []
+    size = 0
+    for message in messages:
+        length = len(message.value() or b"")
+        if run and size + length > max_bytes:
+            yield run
+            run, size = [], 0
+        run.append(message)
+        size += length
+    if run:
+        yield run
+
+
+class Batches:
+    """A subscribed consumer's messages in batches of a count and a byte budget.
+
+    ``consume()`` hands over whatever the client prefetched, up to a count;
+    with large messages that is far more bytes than a batch should hold in
+    memory once decoded and folded. The batch ends at the budget (a message
+    larger than it makes a batch of its own) and the rest waits, in order,
+    for the next call. What waits for partitions revoked or lost meanwhile
+    is dropped: their next owner reads it again from the committed offset.
+    """
+
+    def __init__(self, consumer: Consumer, count: int, max_bytes: int, timeout: float) -> None:
+        self._consumer = consumer
+        self._count = count
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self._waiting: list[Message] = []
+
+    def next(self) -> list[Message]:
+        """The next batch: the messages left over from the last call first."""
+        messages = self._waiting or self._consumer.consume(self._count, self._timeout)
+        first = next(split_by_bytes(messages, self._max_bytes), [])
+        self._waiting = messages[len(first):]
+        return first
+
+    @property
+    def waiting(self) -> bool:
+        """Whether messages consumed already wait for a later batch."""
+        return bool(self._waiting)
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Drop the waiting messages of these (topic, partition)s."""
+        gone = set(partitions)
+        if self._waiting and gone:
+            self._waiting = [m for m in self._waiting
+                             if (m.topic(), m.partition()) not in gone]
+
+
 def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
     metadata = consumer.list_topics(topic, timeout=timeout)
     found = metadata.topics.get(topic)
@@ -429,9 +482,13 @@ class PartitionReader:
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in chosen.items()])
         self.positions = {p: max(o, 0) for p, o in chosen.items()}
 
-    def read_until(self, targets: dict[int, int], batch_size: int = 5000) -> Iterator[
-            list[Message]]:
-        """Yield batches of messages until every partition's position reaches its target."""
+    def read_until(self, targets: dict[int, int], batch_size: int = 5000,
+                   max_bytes: int = 16 * 1024 * 1024) -> Iterator[list[Message]]:
+        """Yield batches of messages until every partition's position reaches its target.
+
+        A batch holds at most ``batch_size`` messages and ``max_bytes`` of values
+        (a larger message makes a batch of its own).
+        """
         while any(self.positions.get(p, 0) < end for p, end in targets.items()):
             batch = []
             for message in self._consumer.consume(batch_size, 0.5):
@@ -447,8 +504,7 @@ class PartitionReader:
                     continue
                 self.positions[partition] = cast(int, message.offset()) + 1
                 batch.append(message)
-            if batch:
-                yield batch
+            yield from split_by_bytes(batch, max_bytes)
 
     def close(self) -> None:
         """Leave; nothing is committed."""

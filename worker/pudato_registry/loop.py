@@ -139,7 +139,7 @@ Letter = tuple[Message, RejectionKind, str]
 
 @dataclass
 class Batch:
-    """One consume() worth of messages, split by validation."""
+    """One batch of messages (a count and a byte budget), split by validation."""
 
     # Every retry this batch needs (dead letters, reads, its write) ends by then.
     deadline: float
@@ -148,6 +148,7 @@ class Batch:
     rejections: list[Letter] = field(default_factory=list)
     next_offsets: dict[Partition, int] = field(default_factory=dict)
     consumed: int = 0
+    size: int = 0  # bytes of message values
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class Stats:
     duplicates: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    largest_batch_bytes: int = 0
     busy_seconds: float = 0.0  # validating, folding, writing: the time not spent waiting
 
 
@@ -340,6 +342,8 @@ class Worker:
         self._lag_due = 0.0
         self._behind = 0  # messages behind, over the assigned partitions, as last observed
         self._consume_errors: set[int] = set()
+        self._batches = kafka.Batches(self.consumer, settings.batch_size,
+                                      settings.batch_max_bytes, settings.batch_timeout_s)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
         self._inflight: tuple[Batch, Future[_Written], float] | None = None
         self._written = States(jobs={}, steps={})  # the states the in-flight batch writes
@@ -366,8 +370,7 @@ class Worker:
 
     def _consume(self, garbage: Garbage, *, drain: bool) -> None:
         while not self._stop.is_set():
-            messages = self.consumer.consume(self.settings.batch_size,
-                                             self.settings.batch_timeout_s)
+            messages = self._batches.next()
             started = time.perf_counter()
             batch = self._collect(messages)
             if batch.consumed:
@@ -379,7 +382,8 @@ class Worker:
             # For /healthz: the loop went round; is there more to do?
             self.metrics.progressed(work_pending=self._inflight is not None
                                     or self._behind > 0)
-            if drain and self._assigned and self._assigned <= self._at_end:
+            if (drain and self._assigned and self._assigned <= self._at_end
+                    and not self._batches.waiting):
                 self._settle()
                 if self._assigned <= self._at_end:
                     log.info("drained: every assigned partition is at its end")
@@ -408,7 +412,9 @@ class Worker:
             self._at_end.discard(where)
             batch.consumed += 1
             batch.next_offsets[where] = cast(int, message.offset()) + 1
-            result = validate(message.value(), max_bytes)
+            value = message.value()
+            batch.size += len(value or b"")
+            result = validate(value, max_bytes)
             if isinstance(result, Rejection):
                 batch.rejections.append((message, result.kind, result.message))
             else:
@@ -547,6 +553,7 @@ class Worker:
         s.duplicates += valid - new - refused
         s.dead_lettered += len(batch.rejections)
         s.batches += 1
+        s.largest_batch_bytes = max(s.largest_batch_bytes, batch.size)
         s.busy_seconds += seconds
         m.consumed.inc(batch.consumed)
         m.applied.inc(new)
@@ -588,12 +595,14 @@ class Worker:
         lost = {(p.topic, p.partition) for p in partitions}
         self._assigned -= lost
         self._at_end -= lost
+        self._batches.forget(lost)
         log.info("revoked %s", sorted(p for _t, p in lost))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(p.topic, p.partition) for p in partitions}
         self._assigned -= lost
         self._at_end -= lost
+        self._batches.forget(lost)
         log.warning("lost %s", sorted(p for _t, p in lost))
 
     @staticmethod

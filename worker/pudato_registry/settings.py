@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     dlq_topic: str = Field(DEFAULT_DLQ_TOPIC, description="the dead-letter topic")
     group_id: str = Field("pudato-registry", description="the worker's consumer group")
     batch_size: int = Field(5000, ge=1, description="most messages applied in one transaction")
+    batch_max_bytes: int = Field(
+        16 * MIB, ge=1, description="most bytes of message values in one batch (a larger "
+        "message makes a batch of its own): bounds the worker's memory")
     # Short: under light load a batch should not wait to fill (latency); under
     # heavy load batches fill long before it runs out (throughput).
     batch_timeout_s: float = Field(0.01, gt=0, description="longest wait to fill a batch")
