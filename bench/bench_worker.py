@@ -49,6 +49,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,6 +59,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import produce_all, services
+from pudato_registry import events as models
 from pudato_registry import factory, kafka, store
 from pudato_registry.devstack import free_port
 from pudato_registry.factory import encode
@@ -311,7 +313,8 @@ class Drained:
         return self.events / self.seconds
 
 
-def drain(bootstrap: str, admin: str, base: str, events: list[Event], args: argparse.Namespace,
+def drain(bootstrap: str, admin: str, base: str, events: Sequence[models.Event],
+          args: argparse.Namespace,
           **settings: object) -> Drained:
     """Produce ``events`` to a new topic, then time ``worker --drain`` into a new database."""
     url = fresh(admin, base)
@@ -341,9 +344,9 @@ class Workload:
     """A named workload: its events, and the naive loop's sample of them."""
 
     name: str
-    events: list[Event]
+    events: list[models.Event]
 
-    def naive_sample(self, count: int) -> list[Event]:
+    def naive_sample(self, count: int) -> list[models.Event]:
         """``count`` consecutive events from the middle (a prefix would be mostly creations)."""
         middle = max(0, len(self.events) // 2 - count // 2)
         return self.events[middle:middle + count]
