@@ -457,23 +457,27 @@ class StepState(_Entity):
                 duration = given
             elif self.started_at is not None:
                 duration = min(INT32_MAX, max(0, (completed - self.started_at) // 1000))
-        return StepRow(
-            step_id=self.step_id,
-            job_id=self.owner[2],
-            step_name=self._scalar("step_name"),
-            handler_type=self._scalar("handler_type"),
-            action=self._scalar("action"),
-            status=status,
-            correlation_id=self.owner[3],
-            inputs=_references_list(self.inputs),
-            outputs=_references_list(self.outputs),
-            executions=[content for _pos, content in
-                        sorted(self.executions.values(), key=_FIRST)],
-            started_at=None if self.started_at is None else from_micros(self.started_at),
-            completed_at=None if completed is None else from_micros(completed),
-            duration_ms=duration,
-            error=error,
-            metadata=self._metadata(),
+        scalars = self.scalars
+        name, handler, action = (scalars.get("step_name"), scalars.get("handler_type"),
+                                 scalars.get("action"))
+        executions = self.executions
+        return StepRow(  # positional, and inline: this runs for every step written
+            self.step_id,
+            self.owner[2],
+            None if name is None else name[2],
+            None if handler is None else handler[2],
+            None if action is None else action[2],
+            status,
+            self.owner[3],
+            _references_list(self.inputs),
+            _references_list(self.outputs),
+            [held[1] for held in executions.values()] if len(executions) < 2 else
+            [content for _pos, content in sorted(executions.values(), key=_FIRST)],
+            None if self.started_at is None else EPOCH + _US * self.started_at,
+            None if completed is None else EPOCH + _US * completed,
+            duration,
+            error,
+            {key: held[2] for key, held in self.metadata.items()},
         )
 
     def dump(self) -> str:
