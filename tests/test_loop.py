@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
+import weakref
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +15,7 @@ from pudato_registry import factory, kafka
 from pudato_registry.devstack import DevStack
 from pudato_registry.events import DataReference, Event
 from pudato_registry.factory import encode
-from pudato_registry.loop import FatalError, Worker
+from pudato_registry.loop import FatalError, Garbage, Worker
 from pudato_registry.sample import workload
 from pudato_registry.settings import MIB, Settings
 from pudato_registry.validate import Rejection, validate
@@ -322,3 +324,25 @@ def test_sigterm_exits_at_once_whatever_a_metrics_client_does(settings: Settings
         assert time.monotonic() - started < 5
     finally:
         idle.close()
+
+
+def test_collection_is_off_while_a_worker_runs_and_cycles_are_collected_between_batches(
+        ) -> None:
+    class Node:
+        other: object = None
+
+    assert gc.isenabled()
+    with Garbage() as garbage:
+        assert not gc.isenabled()
+        gc.collect()  # counts from zero
+        node = Node()
+        node.other = node  # a cycle: only the collector frees it
+        gone = weakref.ref(node)
+        del node
+        garbage.between_batches()
+        assert gone() is not None  # too little allocated since: not yet
+        kept: list[list[int]] = [[] for _ in range(Garbage.YOUNG)]
+        garbage.between_batches()
+        assert gone() is None
+        del kept
+    assert gc.isenabled()
