@@ -482,7 +482,7 @@ class PartitionReader:
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in chosen.items()])
         self.positions = {p: max(o, 0) for p, o in chosen.items()}
 
-    def read_until(self, targets: dict[int, int], batch_size: int = 5000,
+    def read_until(self, targets: dict[int, int], batch_size: int = 20_000,
                    max_bytes: int = 16 * 1024 * 1024) -> Iterator[list[Message]]:
         """Yield batches of messages until every partition's position reaches its target.
 
