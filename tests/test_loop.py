@@ -345,4 +345,7 @@ def test_collection_is_off_while_a_worker_runs_and_cycles_are_collected_between_
         garbage.between_batches()
         assert gone() is None
         del kept
+        with Garbage():  # a second worker in the same process, ending first
+            pass
+        assert not gc.isenabled()
     assert gc.isenabled()

@@ -110,18 +110,29 @@ class Garbage:
 
     YOUNG = 50_000
     FULL_EVERY_S = 60.0
+    # The collector is the process's: with several workers in one process
+    # (tests, an embedding application), the first to start turns it off and
+    # the last to stop turns it back on, if it was on.
+    _lock = threading.Lock()
+    _running = 0
+    _was_enabled = True
 
     def __init__(self) -> None:
-        self._was_enabled = gc.isenabled()
         self._full_due = time.monotonic() + self.FULL_EVERY_S
 
     def __enter__(self) -> Garbage:
-        gc.disable()
+        with Garbage._lock:
+            if Garbage._running == 0:
+                Garbage._was_enabled = gc.isenabled()
+                gc.disable()
+            Garbage._running += 1
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        if self._was_enabled:
-            gc.enable()
+        with Garbage._lock:
+            Garbage._running -= 1
+            if Garbage._running == 0 and Garbage._was_enabled:
+                gc.enable()
 
     def between_batches(self) -> None:
         """Collect what earlier batches left in cycles, if it is time."""
