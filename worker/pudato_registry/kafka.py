@@ -445,6 +445,8 @@ class PartitionReader:
             "enable.partition.eof": True,
             "max.partition.fetch.bytes": max(settings.max_message_bytes + 1024, 1024 * 1024),
         })
+        self._batch_size = settings.batch_size
+        self._batch_max_bytes = settings.batch_max_bytes
         self.positions: dict[int, int] = {}
 
     def partitions(self, timeout: float = 10.0) -> list[int]:
@@ -482,16 +484,16 @@ class PartitionReader:
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in chosen.items()])
         self.positions = {p: max(o, 0) for p, o in chosen.items()}
 
-    def read_until(self, targets: dict[int, int], batch_size: int = 20_000,
-                   max_bytes: int = 16 * 1024 * 1024) -> Iterator[list[Message]]:
+    def read_until(self, targets: dict[int, int]) -> Iterator[list[Message]]:
         """Yield batches of messages until every partition's position reaches its target.
 
-        A batch holds at most ``batch_size`` messages and ``max_bytes`` of values
-        (a larger message makes a batch of its own).
+        A batch holds at most the settings' ``batch_size`` messages and
+        ``batch_max_bytes`` of values, as the worker's (a larger message makes
+        a batch of its own).
         """
         while any(self.positions.get(p, 0) < end for p, end in targets.items()):
             batch = []
-            for message in self._consumer.consume(batch_size, 0.5):
+            for message in self._consumer.consume(self._batch_size, 0.5):
                 error = message.error()
                 partition = cast(int, message.partition())
                 if error is not None:
@@ -504,7 +506,7 @@ class PartitionReader:
                     continue
                 self.positions[partition] = cast(int, message.offset()) + 1
                 batch.append(message)
-            yield from split_by_bytes(batch, max_bytes)
+            yield from split_by_bytes(batch, self._batch_max_bytes)
 
     def close(self) -> None:
         """Leave; nothing is committed."""

@@ -70,7 +70,7 @@ class ReplayReport:
 def _fold_into(reader: kafka.PartitionReader, targets: dict[int, int], target: store.Store,
                settings: Settings, report: ReplayReport, *, rewrite: bool = False,
                keep: Callable[[Event], bool] = lambda _e: True) -> None:
-    for messages in reader.read_until(targets, settings.batch_size, settings.batch_max_bytes):
+    for messages in reader.read_until(targets):
         report.messages += len(messages)
         events = []
         for message in messages:
