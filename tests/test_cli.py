@@ -11,7 +11,7 @@ import pytest
 from pudato_registry import factory, logs
 from pudato_registry.cli import main
 from pudato_registry.devstack import free_port
-from pudato_registry.settings import Settings, dsn_secrets, redact_dsn, redact_url
+from pudato_registry.settings import Settings, dsn_secrets, redact_dsn
 from tests.helpers import drain, messages_of
 from tests.services import Services, fresh_database, produce
 
@@ -44,7 +44,7 @@ def test_secrets_never_reach_the_logs(services: Services, caplog: pytest.LogCapt
     assert "topics create" in text
     assert "hunter2" not in text
     assert "s3cret" not in text
-    assert redact_url(url) in text
+    assert redact_dsn(url) in text
     assert "hunter2" not in repr(Settings(database_url=url))
 
 

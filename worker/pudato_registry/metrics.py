@@ -137,10 +137,6 @@ class Metrics:
         self._last_progress = self._clock()
         self._work_pending = work_pending
 
-    def has_work(self, pending: bool) -> None:
-        """Whether the loop has work: a batch in flight, or messages behind."""
-        self._work_pending = pending
-
     def stalled_for(self) -> float | None:
         """Seconds without progress while there was work, once over the limit; else None."""
         idle = self._clock() - self._last_progress

@@ -166,5 +166,3 @@ def redact_dsn(dsn: str) -> str:
                        for k, v in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
-
-redact_url = redact_dsn  # the older name
