@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -144,3 +144,28 @@ def test_a_refused_step_event_leaves_its_job_untouched() -> None:
     assert projection.jobs == {}
     assert not projection.changed_jobs
     assert not projection.changed_steps
+
+
+def test_a_final_failure_stands_against_a_later_success_and_a_later_final_wins() -> None:
+    """Amendment 4, as Spark's listener sends it: FAIL, then COMPLETE 19 ms later."""
+    started = datetime(2026, 11, 1, 12, tzinfo=UTC)
+    events = decoded([
+        factory.step_started("j", "s", step_name="write", handler_type="spark", action="write",
+                             occurred_at=started),
+        factory.step_failed("j", "s", error="no FX rate", final=True,
+                            occurred_at=started + timedelta(seconds=19)),
+        factory.step_succeeded("j", "s", occurred_at=started + timedelta(seconds=19.019)),
+        factory.job_succeeded("j", occurred_at=started + timedelta(seconds=30)),
+        factory.job_failed("j", error="write failed", final=True,
+                           occurred_at=started + timedelta(seconds=19)),
+    ])
+    for order in (events, events[::-1]):
+        projection = fold(order)
+        [step] = projection.step_rows()
+        assert (step.status, step.error) == ("failed", "no FX rate")
+        assert step.completed_at == started + timedelta(seconds=19)
+        [job] = projection.job_rows()
+        assert (job.status, job.error) == ("failed", "write failed")
+    later = decoded([factory.job_succeeded("j", final=True,
+                                           occurred_at=started + timedelta(seconds=40))])
+    assert fold(events + later).job_rows()[0].status == "success"

@@ -53,6 +53,7 @@ def an_event(draw: st.DrawFn) -> models.Event:
             "action": draw(st.sampled_from(("build", "test")))}
     duration = draw(st.none() | st.integers(0, 5000))
     error = draw(st.none() | st.sampled_from(("boom", "bang")))
+    final = draw(st.booleans())  # amendment 4: rank 3 on terminal events
     if kind == "job.submitted":
         return factory.job_submitted(
             job, pipeline=draw(st.sampled_from(WORDS)), logic_version="v1",
@@ -61,11 +62,11 @@ def an_event(draw: st.DrawFn) -> models.Event:
     if kind == "job.started":
         return factory.job_started(job, **common)
     if kind == "job.succeeded":
-        return factory.job_succeeded(job, **common)
+        return factory.job_succeeded(job, final=final, **common)
     if kind == "job.failed":
-        return factory.job_failed(job, error=error or "failed", **common)
+        return factory.job_failed(job, error=error or "failed", final=final, **common)
     if kind == "job.cancelled":
-        return factory.job_cancelled(job, error=error, **common)
+        return factory.job_cancelled(job, error=error, final=final, **common)
     if kind == "step.submitted":
         return factory.step_submitted(job, step, **name, inputs=draw(references), **common)
     if kind == "step.started":
@@ -73,11 +74,12 @@ def an_event(draw: st.DrawFn) -> models.Event:
     if kind == "step.succeeded":
         return factory.step_succeeded(job, step, inputs=draw(references),
                                       outputs=draw(references), executions=draw(executions),
-                                      duration_ms=duration, **common)
+                                      duration_ms=duration, final=final, **common)
     if kind == "step.failed":
         return factory.step_failed(job, step, error=error or "failed", outputs=draw(references),
-                                   executions=draw(executions), duration_ms=duration, **common)
-    return factory.step_skipped(job, step, error=error, **common)
+                                   executions=draw(executions), duration_ms=duration,
+                                   final=final, **common)
+    return factory.step_skipped(job, step, error=error, final=final, **common)
 
 
 def _rows(projection: Projection) -> tuple[list[Any], list[Any]]:

@@ -82,6 +82,14 @@ def test_context_managers_yield_the_rows_the_fold_predicts(publisher_settings: S
         with skipped_job.step("never", handler_type="t", action="a") as step:
             step.skip("upstream failed")
         skipped_job.cancel("operator")
+    with registry.job(pipeline="p4") as final_job:
+        with final_job.step("write", handler_type="spark", action="write") as written:
+            written.output(STG)
+            written.fail("no FX rate for 'XXX'", final=True)
+        # A success reported after it, as Spark's listener does: the final failure stands.
+        registry.step_succeeded(final_job.job_id, written.step_id,
+                                correlation_id=final_job.correlation_id)
+        final_job.fail("write failed", final=True)
     boom = ValueError("the pipeline's own error")
     with pytest.raises(ValueError, match="own error") as raised, \
             registry.job(pipeline="p3", logic_version="v"):
@@ -99,6 +107,11 @@ def test_context_managers_yield_the_rows_the_fold_predicts(publisher_settings: S
     by_job = {j["job_id"]: j for j in jobs}
     assert by_job[job_id]["status"] == "success"
     assert by_job[skipped_job.job_id]["status"] == "cancelled"
+    assert (by_job[final_job.job_id]["status"], by_job[final_job.job_id]["error"]) == (
+        "failed", "write failed")
+    [final_step] = [s for s in steps if s["job_id"] == final_job.job_id]
+    assert (final_step["status"], final_step["error"]) == ("failed", "no FX rate for 'XXX'")
+    assert final_step["outputs"][0]["location"] == STG["location"]
     assert [j["error"] for j in jobs if j["pipeline"] == "p3"] == [
         "ValueError: the pipeline's own error"]
     mine = sorted((s for s in steps if s["job_id"] == job_id), key=lambda s: s["step_name"])

@@ -68,13 +68,15 @@ DATA = {
     "job.submitted": {"pipeline": "p", "logic_version": "v", "environment": "prod",
                       "namespace": "n", "request": {}, "parameters": {"d": 1},
                       "dag_run_id": "r", "metadata": {"k": 1}},
-    "job.failed": {"error": "boom"}, "job.cancelled": {"error": None},
+    "job.started": {"final": True},  # not a terminal event: an unknown field, ignored
+    "job.succeeded": {"final": False},
+    "job.failed": {"error": "boom", "final": True}, "job.cancelled": {"error": None, "final": None},
     "step.submitted": {"step_name": "s", "handler_type": "h", "action": "a", "inputs": [REF]},
     "step.started": {"step_name": "s", "handler_type": "h", "action": "a"},
     "step.succeeded": {"step_name": "s", "inputs": [REF], "outputs": [REF, REF],
                        "executions": [RUN], "duration_ms": 5, "metadata": {}},
-    "step.failed": {"error": "e", "outputs": [REF], "executions": [RUN, RUN]},
-    "step.skipped": {"error": "why", "action": "a"},
+    "step.failed": {"error": "e", "outputs": [REF], "executions": [RUN, RUN], "final": True},
+    "step.skipped": {"error": "why", "action": "a", "final": True},
 }
 
 
@@ -259,3 +261,25 @@ def test_an_integer_too_long_to_print_is_rejected_not_raised() -> None:
     result = validate(value)
     assert isinstance(result, Rejection)
     assert len(result.message) < 400
+
+
+@pytest.mark.parametrize("kind", ["job.succeeded", "job.failed", "job.cancelled",
+                                  "step.succeeded", "step.failed", "step.skipped"])
+@pytest.mark.parametrize("final", [1, "true", 0, [], {}])
+def test_final_is_a_boolean_on_both_paths(kind: str, final: Any) -> None:
+    message = _valid(kind)
+    message["data"]["final"] = final
+    value = json.dumps(message).encode()
+    with pytest.raises(msgspec.ValidationError):
+        wire.decode(value)
+    result = validate(value)
+    assert isinstance(result, Rejection)
+    assert result.kind is RejectionKind.INVALID_FIELD
+
+
+def test_final_on_a_non_terminal_event_is_ignored() -> None:
+    message = _valid("step.started")
+    message["data"]["final"] = "anything"
+    result = validate(json.dumps(message).encode())
+    assert not isinstance(result, Rejection)
+    assert not hasattr(result.data, "final")

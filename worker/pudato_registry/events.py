@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     StringConstraints,
     TypeAdapter,
@@ -142,16 +143,25 @@ class JobSubmittedData(_Data):
 
 
 class JobData(_Data):
-    """``job.started`` / ``job.succeeded``: metadata only."""
+    """``job.started``: metadata only."""
 
 
-class JobFailedData(_Data):
+class _Terminal(_Data):
+    # Amendment 4: a final terminal event outranks every non-final one.
+    final: StrictBool | None = None
+
+
+class JobSucceededData(_Terminal):
+    """``job.succeeded``: metadata, and whether the outcome is final."""
+
+
+class JobFailedData(_Terminal):
     """``job.failed``: the error is required."""
 
     error: str
 
 
-class JobCancelledData(_Data):
+class JobCancelledData(_Terminal):
     """``job.cancelled``: an optional reason."""
 
     error: str | None = None
@@ -173,6 +183,7 @@ class StepStartData(_StepIdentity):
 
 
 class _StepResult(_StepIdentity):
+    final: StrictBool | None = None  # amendment 4
     inputs: References | None = None
     outputs: References | None = None
     executions: Executions | None = None
@@ -191,6 +202,8 @@ class StepFailedData(_StepResult):
 
 class StepSkippedData(_StepIdentity):
     """``step.skipped``: an optional reason."""
+
+    final: StrictBool | None = None  # amendment 4
 
     error: str | None = None
 
@@ -237,7 +250,7 @@ class JobSucceeded(_JobEnvelope):
     """A job succeeded: status ``success``."""
 
     event_type: Literal["job.succeeded"]
-    data: JobData = Field(default_factory=JobData)
+    data: JobSucceededData = Field(default_factory=JobSucceededData)
 
 
 class JobFailed(_JobEnvelope):
@@ -311,6 +324,7 @@ RANK: dict[str, int] = {
     "pending": 0, "running": 1, "success": 2, "failed": 2, "cancelled": 2, "skipped": 2,
 }
 TERMINAL = frozenset(s for s, r in RANK.items() if r == 2)
+FINAL_RANK = 3  # amendment 4: a terminal event with ``data.final`` true
 
 
 def json_schema() -> dict[str, Any]:

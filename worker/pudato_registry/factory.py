@@ -1,6 +1,7 @@
 """Constructors of valid events, one per type, for the publisher SDK and the tests.
 
-Each takes typed arguments, draws a fresh UUID for ``event_id`` and stamps
+Each takes typed arguments (terminal ones ``final``, amendment 4: an outcome that no later
+non-final terminal event may override), draws a fresh UUID for ``event_id`` and stamps
 ``occurred_at`` with the current UTC time unless given one. The result is a
 validated model; :func:`encode` turns it into the wire bytes.
 """
@@ -77,31 +78,35 @@ def job_started(job_id: str, *, metadata: dict[str, Any] | None = None,
                          event_type="job.started", data=ev.JobData(metadata=metadata))
 
 
-def job_succeeded(job_id: str, *, metadata: dict[str, Any] | None = None,
+def job_succeeded(job_id: str, *, metadata: dict[str, Any] | None = None, final: bool = False,
                   correlation_id: str | None = None, occurred_at: datetime | None = None,
                   event_id: str | None = None) -> ev.JobSucceeded:
     """A ``job.succeeded`` event."""
     return ev.JobSucceeded(**_envelope(job_id, correlation_id, occurred_at, event_id),
-                           event_type="job.succeeded", data=ev.JobData(metadata=metadata))
+                           event_type="job.succeeded",
+                           data=ev.JobSucceededData(metadata=metadata, final=final or None))
 
 
 def job_failed(job_id: str, *, error: str, metadata: dict[str, Any] | None = None,
-               correlation_id: str | None = None, occurred_at: datetime | None = None,
-               event_id: str | None = None) -> ev.JobFailed:
+               final: bool = False, correlation_id: str | None = None,
+               occurred_at: datetime | None = None, event_id: str | None = None) -> ev.JobFailed:
     """A ``job.failed`` event."""
     return ev.JobFailed(**_envelope(job_id, correlation_id, occurred_at, event_id),
                         event_type="job.failed",
-                        data=ev.JobFailedData(error=cut_error(error), metadata=metadata))
+                        data=ev.JobFailedData(error=cut_error(error), metadata=metadata,
+                                              final=final or None))
 
 
 def job_cancelled(job_id: str, *, error: str | None = None,
-                  metadata: dict[str, Any] | None = None, correlation_id: str | None = None,
+                  metadata: dict[str, Any] | None = None, final: bool = False,
+                  correlation_id: str | None = None,
                   occurred_at: datetime | None = None,
                   event_id: str | None = None) -> ev.JobCancelled:
     """A ``job.cancelled`` event."""
     return ev.JobCancelled(**_envelope(job_id, correlation_id, occurred_at, event_id),
                            event_type="job.cancelled",
-                           data=ev.JobCancelledData(error=cut_error(error), metadata=metadata))
+                           data=ev.JobCancelledData(error=cut_error(error), metadata=metadata,
+                                                    final=final or None))
 
 
 def step_submitted(job_id: str, step_id: str, *, step_name: str, handler_type: str,
@@ -150,8 +155,8 @@ def step_succeeded(job_id: str, step_id: str, *,
                    executions: Sequence[ev.ExecutionRecord] | None = None,
                    duration_ms: int | None = None, metadata: dict[str, Any] | None = None,
                    step_name: str | None = None, handler_type: str | None = None,
-                   action: str | None = None, correlation_id: str | None = None,
-                   occurred_at: datetime | None = None,
+                   action: str | None = None, final: bool = False,
+                   correlation_id: str | None = None, occurred_at: datetime | None = None,
                    event_id: str | None = None) -> ev.StepSucceeded:
     """A ``step.succeeded`` event."""
     return ev.StepSucceeded(
@@ -160,6 +165,7 @@ def step_succeeded(job_id: str, step_id: str, *,
         data=ev.StepSucceededData(
             **_result(inputs, outputs, executions), duration_ms=duration_ms,
             metadata=metadata, step_name=step_name, handler_type=handler_type, action=action,
+            final=final or None,
         ),
     )
 
@@ -170,8 +176,8 @@ def step_failed(job_id: str, step_id: str, *, error: str,
                 executions: Sequence[ev.ExecutionRecord] | None = None,
                 duration_ms: int | None = None, metadata: dict[str, Any] | None = None,
                 step_name: str | None = None, handler_type: str | None = None,
-                action: str | None = None, correlation_id: str | None = None,
-                occurred_at: datetime | None = None,
+                action: str | None = None, final: bool = False,
+                correlation_id: str | None = None, occurred_at: datetime | None = None,
                 event_id: str | None = None) -> ev.StepFailed:
     """A ``step.failed`` event."""
     return ev.StepFailed(
@@ -180,6 +186,7 @@ def step_failed(job_id: str, step_id: str, *, error: str,
         data=ev.StepFailedData(
             error=cut_error(error), **_result(inputs, outputs, executions), duration_ms=duration_ms,
             metadata=metadata, step_name=step_name, handler_type=handler_type, action=action,
+            final=final or None,
         ),
     )
 
@@ -187,12 +194,13 @@ def step_failed(job_id: str, step_id: str, *, error: str,
 def step_skipped(job_id: str, step_id: str, *, error: str | None = None,
                  metadata: dict[str, Any] | None = None, step_name: str | None = None,
                  handler_type: str | None = None, action: str | None = None,
-                 correlation_id: str | None = None, occurred_at: datetime | None = None,
+                 final: bool = False, correlation_id: str | None = None,
+                 occurred_at: datetime | None = None,
                  event_id: str | None = None) -> ev.StepSkipped:
     """A ``step.skipped`` event."""
     return ev.StepSkipped(
         **_envelope(job_id, correlation_id, occurred_at, event_id), step_id=step_id,
         event_type="step.skipped",
         data=ev.StepSkippedData(error=cut_error(error), metadata=metadata, step_name=step_name,
-                                handler_type=handler_type, action=action),
+                                handler_type=handler_type, action=action, final=final or None),
     )

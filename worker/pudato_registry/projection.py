@@ -7,7 +7,8 @@ into what it already knows, in any order:
 * ``seen``: the event ids already applied. A second message with the same id
   is dropped, whatever it holds: that is what makes re-delivery harmless.
 * ``win``: the winning event so far, as its sort key (rank, occurred_at,
-  event_id) with its status, error and (steps) duration_ms. Rule 1 is a max.
+  event_id) with its status, error and (steps) duration_ms. Rule 1 is a max;
+  a ``final`` terminal event has rank 3 (amendment 4), so the max still decides.
 * ``started_at`` and, for jobs, the earliest ``job.submitted`` and the
   earliest event of any kind naming the job: rules 2 and 10 are mins.
 * ``scalars``: per field, the (occurred_at, event_id) of the last event that
@@ -52,6 +53,7 @@ from pudato_registry.events import (
     ENTITY_EXECUTIONS_MAX,
     ENTITY_METADATA_KEYS_MAX,
     ENTITY_REFERENCES_MAX,
+    FINAL_RANK,
     INT32_MAX,
     RANK,
     STATUS_OF,
@@ -83,13 +85,15 @@ class _Kind(NamedTuple):
     error: bool  # its data has ``error``
     inputs: bool  # its data has ``inputs``
     result: bool  # its data has ``outputs``, ``executions`` and ``duration_ms``
+    terminal: bool  # its data has ``final`` (amendment 4)
 
 
 _KINDS = {
     kind: _Kind(STATUS_OF[kind], RANK[STATUS_OF[kind]],
                 kind in ("job.failed", "job.cancelled", "step.failed", "step.skipped"),
                 kind in ("step.submitted", "step.started", "step.succeeded", "step.failed"),
-                kind in ("step.succeeded", "step.failed"))
+                kind in ("step.succeeded", "step.failed"),
+                STATUS_OF[kind] in TERMINAL)
     for kind in STATUS_OF
 }
 
@@ -269,9 +273,12 @@ class _Entity:
               duration_ms: int | None = None) -> None:
         """Rules 1-4 and 7: the winning event, ``started_at``, metadata."""
         win = self.win
-        if win is None or (win[0], win[1], win[2]) < (kind.rank, *stamp):
+        rank = kind.rank
+        if kind.terminal and event.data.final:  # type: ignore[union-attr]
+            rank = FINAL_RANK  # amendment 4: a final outcome outranks every non-final one
+        if win is None or (win[0], win[1], win[2]) < (rank, *stamp):
             error = event.data.error if kind.error else None  # type: ignore[union-attr]
-            self.win = [kind.rank, stamp[0], stamp[1], kind.status, error, duration_ms]
+            self.win = [rank, stamp[0], stamp[1], kind.status, error, duration_ms]
         if kind.rank == 1 and (self.started_at is None or stamp[0] < self.started_at):
             self.started_at = stamp[0]
         if event.data.metadata:

@@ -554,6 +554,13 @@ class JobRun:
             self.registry.job_cancelled(self.job_id, error=reason,
                                         correlation_id=self.correlation_id)
 
+    def fail(self, error: str, *, final: bool = False) -> None:
+        """End the job as failed; ``final``: no later success may override it (amendment 4)."""
+        if not self._ended:
+            self._ended = True
+            self.registry.job_failed(self.job_id, error=error, final=final,
+                                     correlation_id=self.correlation_id)
+
     def step(self, step_name: str, *, handler_type: str, action: str,
              inputs: Sequence[DataReference] = (), step_id: str | None = None,
              correlation_id: str | None = None,
@@ -609,20 +616,29 @@ class StepRun:
             self.registry.step_skipped(self.job_id, self.step_id, error=reason,
                                        correlation_id=self.correlation_id)
 
+    def fail(self, error: str, *, final: bool = False) -> None:
+        """End the step as failed, with what it recorded; ``final``: no later success overrides."""
+        if not self._ended:
+            self._ended = True
+            self.registry.step_failed(self.job_id, self.step_id, error=error, final=final,
+                                      **self._result())
+
+    def _result(self) -> dict[str, Any]:
+        return {"inputs": self.inputs or None, "outputs": self.outputs or None,
+                "executions": self.executions or None,
+                "duration_ms": int((time.monotonic() - self._started) * 1000),
+                "correlation_id": self.correlation_id}
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._ended:
             return
         self._ended = True
-        duration = int((time.monotonic() - self._started) * 1000)
-        result: dict[str, Any] = {"inputs": self.inputs or None, "outputs": self.outputs or None,
-                  "executions": self.executions or None, "duration_ms": duration,
-                  "correlation_id": self.correlation_id}
         if exc is None:
-            self.registry.step_succeeded(self.job_id, self.step_id, **result)
+            self.registry.step_succeeded(self.job_id, self.step_id, **self._result())
         else:
             self.registry.step_failed(self.job_id, self.step_id, error=_error_text(exc),
-                                      **result)
+                                      **self._result())
 
 
 @contextmanager

@@ -73,16 +73,24 @@ class JobSubmittedData(_Data, frozen=True, kw_only=True, gc=False):
 
 
 class JobData(_Data, frozen=True, kw_only=True, gc=False):
-    """``job.started`` / ``job.succeeded`` data."""
+    """``job.started`` data."""
 
 
-class JobFailedData(_Data, frozen=True, kw_only=True, gc=False):
+class _Terminal(_Data, frozen=True, kw_only=True, gc=False):
+    final: bool | None = None  # amendment 4
+
+
+class JobSucceededData(_Terminal, frozen=True, kw_only=True, gc=False):
+    """``job.succeeded`` data."""
+
+
+class JobFailedData(_Terminal, frozen=True, kw_only=True, gc=False):
     """``job.failed`` data."""
 
     error: str
 
 
-class JobCancelledData(_Data, frozen=True, kw_only=True, gc=False):
+class JobCancelledData(_Terminal, frozen=True, kw_only=True, gc=False):
     """``job.cancelled`` data."""
 
     error: str | None = None
@@ -104,6 +112,7 @@ class StepStartData(_StepIdentity, frozen=True, kw_only=True, gc=False):
 
 
 class _StepResult(_StepIdentity, frozen=True, kw_only=True, gc=False):
+    final: bool | None = None  # amendment 4
     inputs: References | None = None
     outputs: References | None = None
     executions: Executions | None = None
@@ -122,6 +131,8 @@ class StepFailedData(_StepResult, frozen=True, kw_only=True, gc=False):
 
 class StepSkippedData(_StepIdentity, frozen=True, kw_only=True, gc=False):
     """``step.skipped`` data."""
+
+    final: bool | None = None  # amendment 4
 
     error: str | None = None
 
@@ -164,7 +175,7 @@ class JobStarted(_JobEnvelope, frozen=True, kw_only=True, gc=False):
 class JobSucceeded(_JobEnvelope, frozen=True, kw_only=True, gc=False):
     """A job succeeded."""
 
-    data: JobData = JobData()
+    data: JobSucceededData = JobSucceededData()
 
 
 class JobFailed(_JobEnvelope, frozen=True, kw_only=True, gc=False):
