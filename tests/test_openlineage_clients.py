@@ -11,7 +11,12 @@ import pytest
 from openlineage.client import OpenLineageClient
 from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState
 from openlineage.client.facet_v2 import error_message_run, parent_run
-from openlineage.client.transport.http import ApiKeyTokenProvider, HttpConfig, HttpTransport
+from openlineage.client.transport.http import (
+    ApiKeyTokenProvider,
+    HttpCompression,
+    HttpConfig,
+    HttpTransport,
+)
 from openlineage.client.transport.kafka import KafkaConfig, KafkaTransport
 from openlineage.client.uuid import generate_new_uuid
 from pydantic import SecretStr
@@ -96,8 +101,11 @@ def served(settings: Settings) -> Iterator[tuple[Settings, str]]:
     app.close()
 
 
-def test_the_http_transport_against_the_receiver(served: tuple[Settings, str]) -> None:
+@pytest.mark.parametrize("compression", [None, HttpCompression.GZIP])
+def test_the_http_transport_against_the_receiver(served: tuple[Settings, str],
+                                                 compression: HttpCompression | None) -> None:
     settings, url = served
-    transport = HttpTransport(HttpConfig(url=url, auth=ApiKeyTokenProvider({"apiKey": "s3cret"})))
+    transport = HttpTransport(HttpConfig(url=url, auth=ApiKeyTokenProvider({"apiKey": "s3cret"}),
+                                         compression=compression))
     parent_id = _emit_parent_with_children(OpenLineageClient(transport=transport))
     _assert_rows(settings, parent_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import logging
 import os
 import signal
 import socket
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -44,8 +47,11 @@ def served(settings: Settings) -> Iterator[str]:
     yield from _serving(settings)
 
 
-def _post(url: str, body: bytes, key: str | None = None) -> tuple[int, dict[str, object]]:
+def _post(url: str, body: bytes, key: str | None = None,
+          encoding: str | None = None) -> tuple[int, dict[str, object]]:
     headers = {"Content-Type": "application/json"}
+    if encoding is not None:
+        headers["Content-Encoding"] = encoding
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(f"{url}/api/v1/lineage", data=body,  # noqa: S310
@@ -76,7 +82,7 @@ def test_run_events_are_published_once_acknowledged(settings: Settings, served: 
      b' "run": {"runId": "r"}, "job": {"namespace": "n", "name": "j"}}', 400,
      "unknown_event_type"),
     (b'{"job": {"namespace": "n", "name": "j"}}', 200, None),
-    (b"{" + b" " * (8 * 1024 * 1024) + b"}", 400, "too_large"),
+    (b"{" + b" " * (8 * 1024 * 1024) + b"}", 413, "too_large"),
 ])
 def test_bad_and_ignored_input_publishes_nothing(settings: Settings, served: str, body: bytes,
                                                   status: int, error: str | None) -> None:
@@ -84,6 +90,50 @@ def test_bad_and_ignored_input_publishes_nothing(settings: Settings, served: str
     assert got == status
     assert answer.get("error") == error
     assert read_topic(settings, settings.topic) == []
+
+
+def test_gzip_bodies_are_inflated_and_a_gzip_bomb_is_refused_in_bounded_memory(
+        settings: Settings, served: str) -> None:
+    status, first = _post(served, gzip.compress(PARENT_CHILDREN[0]), encoding="gzip")
+    assert status == 201
+    bomb = gzip.compress(b" " * (1024 * 1024 * 1024), compresslevel=9)  # 1 GiB in ~1 MB
+    assert len(bomb) < 1_100_000
+    status, answer = _post(served, bomb, encoding="gzip")
+    assert (status, answer["error"]) == (413, "too_large")
+    assert "inflated" in str(answer["reason"])
+    assert _post(served, b"not gzip at all", encoding="gzip")[1]["error"] == "not_gzip"
+    assert len(read_topic(settings, settings.topic)) == first["events"]  # the first's only
+    tracemalloc.start()
+    with pytest.raises(receiver.TooLargeError):
+        receiver.inflate(bomb, 8 * 1024 * 1024)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024  # the limit and a little, never the gigabyte
+
+
+@pytest.mark.parametrize("encoding", ["br", "deflate", "zstd", "gzip, br"])
+def test_other_encodings_are_refused_with_415_naming_them(served: str, encoding: str) -> None:
+    status, answer = _post(served, PARENT_CHILDREN[0], encoding=encoding)
+    assert (status, answer["error"]) == (415, "unsupported_encoding")
+    assert repr(encoding) in str(answer["reason"])
+
+
+def test_refusals_are_counted_on_metrics_and_logged_sparsely(
+        served: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="pudato_registry.receiver")
+    for _ in range(20):
+        assert _post(served, b"not json")[0] == 400
+    assert _post(served, PARENT_CHILDREN[0], encoding="br")[0] == 415
+    lines = [r.getMessage() for r in caplog.records if "refused a request" in r.getMessage()]
+    assert len(lines) == 2  # one per kind of refusal, not one per request
+    assert "not_json" in lines[0]
+    assert "415 Unsupported Media Type unsupported_encoding" in lines[1]
+    with urllib.request.urlopen(f"{served}/metrics", timeout=10) as response:  # noqa: S310
+        metrics = response.read().decode()
+    assert 'pudato_receiver_refused_total{reason="not_json"} 20.0' in metrics
+    assert 'pudato_receiver_refused_total{reason="unsupported_encoding"} 1.0' in metrics
+    assert 'pudato_receiver_requests_total{code="400"} 20.0' in metrics
+    assert "pudato_receiver_decode_seconds_count 20.0" in metrics
 
 
 def test_an_api_key_is_required_when_set(settings: Settings) -> None:
@@ -116,12 +166,16 @@ def test_idle_and_slow_clients_block_no_one(served: str) -> None:
             conn.close()
 
 
-def test_the_serve_command_answers_and_stops_on_sigterm(settings: Settings) -> None:
+def test_the_serve_command_answers_and_stops_on_sigterm(settings: Settings,
+                                                        tmp_path: Path) -> None:
     port = free_port()
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
     env = {**os.environ, "PUDATO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "PUDATO_TOPIC": settings.topic, "PUDATO_OL_HTTP_PORT": str(port)}
+           "PUDATO_TOPIC": settings.topic}
     process = subprocess.Popen([sys.executable, "-m", "pudato_registry.cli", "openlineage",
-                                "serve"], env=env, stdout=subprocess.PIPE,
+                                "serve", "--host", "127.0.0.1", "--port", str(port),
+                                "--api-key-file", str(key_file)], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
     url = f"http://127.0.0.1:{port}"
 
@@ -134,7 +188,8 @@ def test_the_serve_command_answers_and_stops_on_sigterm(settings: Settings) -> N
 
     try:
         wait_for(up, what="the receiver to listen")
-        assert _post(url, PARENT_CHILDREN[0])[0] == 201
+        assert _post(url, PARENT_CHILDREN[0])[0] == 401
+        assert _post(url, PARENT_CHILDREN[0], key="s3cret")[0] == 201
         idle = socket.create_connection(("127.0.0.1", port))
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -109,8 +109,13 @@ def _parser() -> argparse.ArgumentParser:
                         help="exit 0 once every assigned partition is caught up")
     bridge.add_argument("--create-topics", action="store_true",
                         help="create the OpenLineage topic and its dead-letter topic if missing")
-    ol_sub.add_parser("serve", parents=[common],
-                      help="POST /api/v1/lineage on PUDATO_OL_HTTP_HOST:PUDATO_OL_HTTP_PORT")
+    serve = ol_sub.add_parser("serve", parents=[common],
+                              help="POST /api/v1/lineage for OpenLineage's HttpTransport")
+    serve.add_argument("--host", help="address to bind (PUDATO_OL_HTTP_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (PUDATO_OL_HTTP_PORT, 5000; 0: any free)")
+    serve.add_argument("--api-key-file", type=Path, metavar="FILE",
+                       help="a file holding the Bearer key clients must send "
+                            "(PUDATO_OL_API_KEY holds the key itself)")
     return parser
 
 
@@ -297,7 +302,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("jobs", "lineage"):
         return _query(args, settings)
     if args.command == "openlineage":
-        return _bridge(args, settings) if args.ol_command == "bridge" else _serve(settings)
+        if args.ol_command == "bridge":
+            return _bridge(args, settings)
+        return _serve(_serve_settings(args, settings))
     if args.command == "demo":
         from pudato_registry.demo import run_demo  # noqa: PLC0415
 
@@ -368,6 +375,25 @@ def _bridge(args: argparse.Namespace, settings: Settings) -> int:
     log.info("bridge stopped: consumed %d, published %d events, dead-lettered %d, ignored %d",
              s.consumed, s.published, s.dead_lettered, s.ignored)
     return 0
+
+
+def _serve_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``openlineage serve``'s own flags over the settings."""
+    changes: dict[str, Any] = {}
+    if args.host is not None:
+        changes["ol_http_host"] = args.host
+    if args.port is not None:
+        changes["ol_http_port"] = args.port
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read --api-key-file {args.api_key_file}: "
+                             f"{exc.strerror or exc}") from None
+        if not key:
+            raise ValueError(f"--api-key-file {args.api_key_file} is empty; put the key in it")
+        changes["ol_api_key"] = key
+    return settings.replace(**changes) if changes else settings
 
 
 def _serve(settings: Settings) -> int:

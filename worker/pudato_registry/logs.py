@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -61,3 +63,30 @@ def configure(level: str = "INFO", json: bool = False, secrets: Sequence[str] = 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class Sparse:
+    """Logs a kind of line at most once per ``every_s`` seconds, saying how many were held back.
+
+    For what a client can cause at any rate (refused requests): the log says
+    that it happens and why, and nobody can flood it.
+    """
+
+    def __init__(self, logger: logging.Logger, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._log, self._every, self._clock = logger, every_s, clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        """Log ``message`` unless a line of ``kind`` went out less than ``every_s`` ago."""
+        now = self._clock()
+        with self._lock:
+            if now - self._last.get(kind, -self._every) < self._every:
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return
+            self._last[kind] = now
+            held = self._held.pop(kind, 0)
+        suffix = f" (and {held} more like it since the last such line)" if held else ""
+        self._log.warning(message + suffix, *args)

@@ -48,6 +48,7 @@ _API_SCHEMES = frozenset({"http", "https"})
 _DATASET_TYPES = {"table": "table", "view": "table", "file": "file", "topic": "stream",
                   "stream": "stream", "model": "model"}
 _DBT_PREFIXES = {"model.": "MODEL", "seed.": "SEED", "snapshot.": "SNAPSHOT", "test.": "TEST"}
+_NEVER_RAN = frozenset({"upstream_failed", "skipped", "removed"})  # Airflow task states
 _canonical = msgspec.json.Encoder(order="sorted").encode
 
 
@@ -55,8 +56,12 @@ _canonical = msgspec.json.Encoder(order="sorted").encode
 class Options:
     """What the contract leaves to configuration (decisions 2, 6, 7), from ``PUDATO_OL_*``."""
 
-    # Sub-runs ignored rather than made steps: (jobType.integration, jobType.jobType).
-    skip_subruns: frozenset[tuple[str, str]] = frozenset({("DBT", "SQL")})
+    # Sub-runs ignored rather than made steps: (jobType.integration, jobType.jobType);
+    # the second set only when the event names no input and no output dataset.
+    skip_subruns: frozenset[tuple[str, str]] = frozenset({("DBT", "SQL"), ("AIRFLOW", "QUERY")})
+    skip_datasetless: frozenset[tuple[str, str]] = frozenset({("SPARK", "RDD_JOB")})
+    # Integrations whose failed child also fails the root job (decision 16).
+    child_fails_root: frozenset[str] = frozenset({"SPARK"})
     ignore_processing: frozenset[str] = frozenset({"STREAMING", "SERVICE"})
     location_by_name: bool = False  # `location` = the dataset name alone, not namespace/name
     environments: Mapping[str, str] = field(default_factory=dict)  # OL job namespace -> env
@@ -65,9 +70,13 @@ class Options:
     @classmethod
     def from_settings(cls, settings: Settings) -> Options:
         """The options ``PUDATO_OL_*`` settings describe."""
-        skip = frozenset(tuple(item.upper().split(":", 1)) for item in settings.ol_skip_subruns
-                         if ":" in item)
-        return cls(skip_subruns=skip,  # type: ignore[arg-type]
+        skip: set[tuple[str, str]] = set()
+        datasetless: set[tuple[str, str]] = set()
+        for item in settings.ol_skip_subruns:
+            integration, job_type, *only = item.upper().split(":")
+            (datasetless if only else skip).add((integration, job_type))
+        return cls(skip_subruns=frozenset(skip), skip_datasetless=frozenset(datasetless),
+                   child_fails_root=frozenset(i.upper() for i in settings.ol_child_fails_root),
                    location_by_name=settings.ol_location_by_name,
                    environments=dict(settings.ol_environments),
                    namespaces=None if settings.ol_namespaces is None
@@ -91,6 +100,10 @@ def translate(value: bytes | None, options: Options = Options(),
     except RecursionError:
         return _invalid(RejectionKind.NOT_JSON, "value is not JSON this bridge can read: "
                                                 "nested too deeply")
+    except Exception as exc:  # defence in depth: one odd message must never stop a bridge
+        return _invalid(RejectionKind.INVALID_FIELD,
+                        f"a field of this RunEvent could not be read ({type(exc).__name__}: "
+                        f"{str(exc)[:200]})")
 
 
 def _translate(value: bytes | None, options: Options,
@@ -138,7 +151,7 @@ def _read(message: dict[str, Any], options: Options) -> _RunEvent | Ignored | Re
     if not (isinstance(namespace, str) and namespace and isinstance(name, str) and name):
         return _invalid(RejectionKind.MISSING_FIELD, "job.namespace and job.name are required")
     event_type = message.get("eventType")
-    if event_type is not None and event_type not in EVENT_TYPES:
+    if event_type is not None and not (isinstance(event_type, str) and event_type in EVENT_TYPES):
         return _invalid(RejectionKind.UNKNOWN_EVENT_TYPE,
                         f"eventType must be one of {', '.join(sorted(EVENT_TYPES))}")
     when = _event_time(message.get("eventTime"))
@@ -151,16 +164,17 @@ def _read(message: dict[str, Any], options: Options) -> _RunEvent | Ignored | Re
     job_type = _object(job_facets.get("jobType"))
     if options.namespaces is not None and namespace not in options.namespaces:
         return Ignored(f"job namespace {namespace!r} is not on the allowlist", "namespace")
-    if str(job_type.get("processingType", "")).upper() in options.ignore_processing:
+    if _text(job_type.get("processingType")).upper() in options.ignore_processing:
         return Ignored(f"a {job_type['processingType']} run: its state is not a run's",
                        "streaming")
     run_event = _RunEvent(message, str(run_id), namespace, name, event_type, when, facets,
                           job_facets, job_type, _object(parent) if parent is not None else None,
                           options)
-    if run_event.is_step and (str(job_type.get("integration", "")).upper(),
-                              str(job_type.get("jobType", "")).upper()) in options.skip_subruns:
-        return Ignored(f"a {job_type.get('integration')} {job_type.get('jobType')} sub-run",
-                       "subrun")
+    kind = (_text(job_type.get("integration")).upper(), _text(job_type.get("jobType")).upper())
+    if run_event.is_step and (kind in options.skip_subruns or (
+            kind in options.skip_datasetless and not _list(message.get("inputs"))
+            and not _list(message.get("outputs")))):
+        return Ignored(f"a {kind[0]} {kind[1]} sub-run", "subrun")
     return run_event
 
 
@@ -170,6 +184,15 @@ def _is_id(value: Any) -> bool:
 
 def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    """A string field, or "" for anything else (``str()`` of a huge integer raises)."""
+    return value if isinstance(value, str) else ""
 
 
 def _event_time(value: Any) -> str | Rejection:
@@ -186,6 +209,11 @@ def _event_time(value: Any) -> str | Rejection:
             return _invalid(RejectionKind.INVALID_FIELD, "eventTime is not an RFC 3339 time")
         return _invalid(RejectionKind.NAIVE_TIMESTAMP, "eventTime has no UTC offset")
     return value
+
+
+def _cut_id(text: str) -> str:
+    """An id cut to the id limit with a hash of the whole, as names are."""
+    return _cut_name(text, events.ID_MAX_CHARS)
 
 
 def _cut_name(text: str, limit: int = events.NAME_MAX_CHARS) -> str:
@@ -251,6 +279,13 @@ class _RunEvent:
             out.append(self._envelope("job.submitted", job_id, f"ol:{job_id}:from-child",
                                       data={"pipeline": _cut_name(root_name),
                                             "namespace": _cut_name(root_namespace)}))
+        if self.event_type == "FAIL" and \
+                _text(self.job_type.get("integration")).upper() in self.options.child_fails_root:
+            # Decision 16: Spark's listener ends every application COMPLETE, whatever its
+            # jobs did; a failed job fails its application, finally.
+            out.append(self._envelope("job.failed", job_id, self._id(":root"), data={
+                "error": cut_error(f"{self._step_name()} failed: {self._error()}"),
+                "final": True}))
         return [e for e in out if e is not None]
 
     # --- the job --------------------------------------------------------------------
@@ -268,16 +303,46 @@ class _RunEvent:
         if status is not None:
             data: dict[str, Any] = {"metadata": metadata}
             if status == "job.failed":
-                data["error"] = self._error()
+                data["error"] = self._with_failed_tasks(self._error() or _FALLBACK_ERROR)
             elif status == "job.cancelled":
                 data["error"] = self._error(required=False)
+            if status in ("job.failed", "job.cancelled"):
+                data["final"] = True  # decision 15: a COMPLETE after it never turns it green
             out.append(self._envelope(status, job_id, self._id(), data=data))
+            if status != "job.started":
+                out += self._tasks_that_never_ran(job_id)
         if str(self.job_type.get("jobType", "")).upper() not in _ROOT_JOB_TYPES:
             # R5: a leaf run with no parent keeps its datasets as a step of itself.
             out.append(self._step_event(job_id, self.run_id,
                                         {**self._step_metadata(), "ol_self_step": True},
                                         suffix=":step"))
         return [e for e in out if e is not None]
+
+    def _task_states(self) -> dict[str, str]:
+        """Airflow's ``airflowState`` facet on a DAG run's terminal event: task id -> state."""
+        states = _object(_object(self.facets.get("airflowState")).get("tasksState"))
+        return {task: state for task, state in states.items() if isinstance(state, str)}
+
+    def _with_failed_tasks(self, error: str) -> str:
+        """Decision 19: the DAG's error names its failed tasks (``task_failure: x failed``)."""
+        failed = sorted(t for t, state in self._task_states().items() if state == "failed")
+        return cut_error(f"{error}: {', '.join(failed)} failed") if failed else error
+
+    def _tasks_that_never_ran(self, job_id: str) -> list[dict[str, Any]]:
+        """Decision 19: a task that never ran has no run of its own; it is a skipped step."""
+        out = []
+        for task, state in sorted(self._task_states().items()):
+            if state not in _NEVER_RAN:
+                continue
+            tag = hashlib.sha256(task.encode()).hexdigest()[:16]
+            event = self._envelope("step.skipped", job_id, self._id(f":task:{tag}"), data={
+                "step_name": _cut_name(f"{self.name}.{task}"), "handler_type": "airflow",
+                "action": "task", "error": state,
+                "metadata": {"source": "openlineage", "ol_job_namespace": self.namespace,
+                             "ol_job_name": f"{self.name}.{task}", "ol_task_state": state}})
+            event["step_id"] = _cut_id(f"ol:{self.run_id}:task:{task}")
+            out.append(event)
+        return out
 
     def _carrier(self, metadata: dict[str, Any]) -> dict[str, Any]:
         tags = self._tags()
@@ -306,11 +371,11 @@ class _RunEvent:
         kind = {"START": "step.started", "RUNNING": "step.started",
                 "COMPLETE": "step.succeeded", "FAIL": "step.failed",
                 "ABORT": "step.skipped"}.get(self.event_type or "", "step.submitted")
-        action = str(self.job_type.get("jobType") or "run").lower()
+        action = (_text(self.job_type.get("jobType")) or "run").lower()
         data: dict[str, Any] = {
             "step_name": self._step_name(), "action": _cut_name(action),
-            "handler_type": _cut_name(str(self.job_type.get("integration") or
-                                          "openlineage").lower()),
+            "handler_type": _cut_name((_text(self.job_type.get("integration")) or
+                                       "openlineage").lower()),
             "metadata": metadata,
         }
         if kind != "step.skipped":
@@ -325,13 +390,15 @@ class _RunEvent:
             data["error"] = self._error()
         elif kind == "step.skipped":
             data["error"] = self._error(required=False)
+        if kind in ("step.failed", "step.skipped"):
+            data["final"] = True  # decision 15: FAIL and ABORT stand
         envelope = self._envelope(kind, job_id, self._id(suffix), data=data)
         envelope["step_id"] = step_id
         return envelope
 
     def _step_name(self) -> str:
         unique_id = _object(self.job_facets.get("dbt_node")).get("unique_id")
-        job_type = str(self.job_type.get("jobType", "")).upper()
+        job_type = _text(self.job_type.get("jobType")).upper()
         if isinstance(unique_id, str):
             for prefix, kind in _DBT_PREFIXES.items():
                 if unique_id.startswith(prefix) and kind == job_type:
@@ -341,7 +408,7 @@ class _RunEvent:
     def _references(self, which: str, facet_name: str, statistics: str, *,
                     only_with_statistics: bool = False) -> list[dict[str, Any]]:
         out = []
-        for dataset in self.message.get(which) or []:
+        for dataset in _list(self.message.get(which)):
             if not isinstance(dataset, dict):
                 continue
             namespace, name = dataset.get("namespace"), dataset.get("name")
@@ -357,8 +424,8 @@ class _RunEvent:
                 if stats.get(source) is not None:
                     metadata[target] = stats[source]
             storage = _object(facets.get("storage"))
-            layer = str(storage.get("storageLayer") or "").lower()
-            file_format = storage.get("fileFormat")
+            layer = _text(storage.get("storageLayer")).lower()
+            file_format = _text(storage.get("fileFormat"))
             out.append({
                 "ref_type": _ref_type(namespace, facets),
                 "location": _location(namespace, name, by_name=self.options.location_by_name),
@@ -377,9 +444,9 @@ class _RunEvent:
             out.append({"execution_type": "sql",
                         "details": {"dialect": sql.get("dialect"), "statements": [statement]}})
         unique_id = _object(self.job_facets.get("dbt_node")).get("unique_id")
-        if str(self.job_type.get("integration", "")).upper() == "DBT" and unique_id:
+        if _text(self.job_type.get("integration")).upper() == "DBT" and unique_id:
             command = ("build" if ".build." in self.name
-                       else str(self.job_type.get("jobType") or "run").lower())
+                       else (_text(self.job_type.get("jobType")) or "run").lower())
             out.append({"execution_type": "dbt", "details": {
                 "command": "run" if command == "model" else command, "models": [unique_id],
                 "project_dir": None,
@@ -388,7 +455,7 @@ class _RunEvent:
                 "invocation_id": _object(self.facets.get("dbt_run")).get("invocation_id"),
             }})
         engine = _object(self.facets.get("processing_engine"))
-        if str(engine.get("name", "")).lower() == "spark":
+        if _text(engine.get("name")).lower() == "spark":
             out.append({"execution_type": "spark", "details": {"version": engine.get("version")}})
         return out
 
@@ -402,24 +469,27 @@ class _RunEvent:
                 "data": {k: v for k, v in data.items() if v is not None}}
 
     def _error(self, *, required: bool = True) -> str | None:
-        message = _object(self.facets.get("errorMessage")).get("message")
-        if isinstance(message, str) and message:
-            return cut_error(message)
-        failed = [f"{a.get('assertion')}({a.get('column')})" if a.get("column")
-                  else str(a.get("assertion"))
-                  for dataset in self.message.get("inputs") or [] if isinstance(dataset, dict)
-                  for a in _object(_object(dataset.get("inputFacets")).get(
-                      "dataQualityAssertions")).get("assertions") or []
+        """Decisions 11 and 17: the error message, Spark's exception, failed assertions."""
+        for facet in ("errorMessage", "spark.exception"):
+            message = _object(self.facets.get(facet)).get("message")
+            if isinstance(message, str) and message:
+                return cut_error(message)
+        failed = [f"{_text(a.get('assertion'))}({_text(a.get('column'))})"
+                  if _text(a.get("column")) else _text(a.get("assertion"))
+                  for dataset in _list(self.message.get("inputs")) if isinstance(dataset, dict)
+                  for a in _list(_object(_object(dataset.get("inputFacets")).get(
+                      "dataQualityAssertions")).get("assertions"))
                   if isinstance(a, dict) and a.get("success") is False]
-        failed += [str(t.get("name")) for t in _object(self.facets.get("test")).get("tests") or []
-                   if isinstance(t, dict) and str(t.get("status", "")).lower() == "fail"]
+        failed += [_text(t.get("name")) for t in _list(_object(self.facets.get("test")).get(
+                   "tests")) if isinstance(t, dict) and _text(t.get("status")).lower() == "fail"]
         if failed:
             return cut_error(f"failed assertions: {', '.join(failed)}")
         return _FALLBACK_ERROR if required else None
 
     def _tags(self) -> dict[str, Any]:
-        tags = _object(self.facets.get("tags")).get("tags") or []
-        return {str(t.get("key")): t.get("value") for t in tags if isinstance(t, dict)}
+        tags = _list(_object(self.facets.get("tags")).get("tags"))
+        return {t["key"]: t.get("value") for t in tags
+                if isinstance(t, dict) and isinstance(t.get("key"), str)}
 
     def _metadata(self) -> dict[str, Any]:
         """§12: where it came from, for people and for finding it again."""
@@ -439,9 +509,11 @@ class _RunEvent:
                 meta[key] = _strip(self.facets[facet])
         if self._tags():
             meta["ol_tags"] = self._tags()
-        trace = _object(self.facets.get("errorMessage")).get("stackTrace")
-        if isinstance(trace, str) and trace:
-            meta["ol_error_stack_trace"] = cut_error(trace)
+        for facet in ("errorMessage", "spark.exception"):
+            trace = _object(self.facets.get(facet)).get("stackTrace")
+            if isinstance(trace, str) and trace:
+                meta["ol_error_stack_trace"] = cut_error(trace)
+                break
         return meta
 
     def _step_metadata(self) -> dict[str, Any]:
@@ -449,7 +521,8 @@ class _RunEvent:
         if self.parent is not None:
             meta["ol_parent_run_id"] = self._parent_run()
             parent_job = _object(self.parent.get("job"))
-            meta["ol_parent_job"] = f"{parent_job.get('namespace')}/{parent_job.get('name')}"
+            meta["ol_parent_job"] = (f"{_text(parent_job.get('namespace'))}/"
+                                     f"{_text(parent_job.get('name'))}")
         if "dbt_node" in self.job_facets:
             meta["ol_dbt_node"] = _strip(self.job_facets["dbt_node"])
         return meta
@@ -457,11 +530,11 @@ class _RunEvent:
 
 def _ref_type(namespace: str, facets: dict[str, Any]) -> str:
     """§10: the dataset's type, else its symlinks, else its namespace's scheme, else a table."""
-    declared = str(_object(facets.get("datasetType")).get("datasetType", "")).lower()
+    declared = _text(_object(facets.get("datasetType")).get("datasetType")).lower()
     if declared in _DATASET_TYPES:
         return _DATASET_TYPES[declared]
-    identifiers = _object(facets.get("symlinks")).get("identifiers") or []
-    if any(isinstance(i, dict) and str(i.get("type", "")).lower() == "table"
+    identifiers = _list(_object(facets.get("symlinks")).get("identifiers"))
+    if any(isinstance(i, dict) and _text(i.get("type")).lower() == "table"
            for i in identifiers):
         return "table"
     scheme = namespace.split("://", 1)[0].lower() if "://" in namespace else namespace.lower()
@@ -476,10 +549,10 @@ def _ref_type(namespace: str, facets: dict[str, Any]) -> str:
 
 def _location(namespace: str, name: str, *, by_name: bool) -> str:
     """§10: ``namespace/name`` (``file://name`` for the ``file`` namespace), or the name alone."""
-    if by_name:
+    if namespace == "file":  # decision 21: a file is file:///path, however it is looked up
+        location = "file://" + name if name.startswith("/") else "file:///" + name
+    elif by_name:
         location = name
-    elif namespace == "file":
-        location = "file://" + name
     else:
         location = namespace.rstrip("/") + "/" + name.lstrip("/")
     if len(location) > events.LOCATION_MAX_CHARS:

@@ -126,12 +126,27 @@ def _touching(conn: psycopg.Connection[Any], column: str, locations: list[str],
     return rows
 
 
+def spellings(location: str) -> list[str]:
+    """The ways one location may be stored: ``/p``, ``file:/p`` and ``file:///p`` name one file."""
+    path = None
+    if location.startswith("file:///"):
+        path = location[len("file://"):]
+    elif location.startswith("file:/") and not location.startswith("file://"):
+        path = location[len("file:"):]
+    elif location.startswith("/"):
+        path = location
+    if path is None:
+        return [location]
+    return [f"file://{path}", path, f"file:{path}"]
+
+
 def lineage(dsn: str, location: str, *, upstream: bool = False, downstream: bool = False,
             depth: int = 3, limit: int = 1000) -> Lineage:
     """Steps that produced or consumed ``location``; with a direction, walk ``depth`` hops.
 
     One query per hop, whatever its fan-out; a step appears once, at the
-    first depth that reaches it. At most ``limit`` steps are returned; the
+    first depth that reaches it. A file location is found however it is
+    spelt (:func:`spellings`). At most ``limit`` steps are returned; the
     answer says how many more the last hop found.
     """
     depth = max(1, min(depth, MAX_DEPTH))
@@ -140,13 +155,14 @@ def lineage(dsn: str, location: str, *, upstream: bool = False, downstream: bool
         if not (upstream or downstream):
             for column, relation in (("outputs", "produced"), ("inputs", "consumed")):
                 hops += [LineageHop(1, relation, step.pop("via"), step)
-                         for step in _touching(conn, column, [location], set())]
+                         for step in _touching(conn, column, spellings(location), set())]
             return Lineage(hops[:limit], max(0, len(hops) - limit),
                            1 if len(hops) > limit else None)
         # Upstream: who wrote it, then who wrote what they read ... and downstream alike.
         found, onward, relation = (("outputs", "inputs", "produced") if upstream
                                    else ("inputs", "outputs", "consumed"))
-        frontier, seen_locations = [location], {location}
+        frontier = spellings(location)
+        seen_locations = set(frontier)
         seen_steps: set[str] = set()
         for level in range(1, depth + 1):
             steps = _touching(conn, found, frontier, seen_steps)
@@ -159,9 +175,10 @@ def lineage(dsn: str, location: str, *, upstream: bool = False, downstream: bool
                 seen_steps.add(step["step_id"])
                 hops.append(LineageHop(level, relation, step.pop("via"), step))
                 for ref in step[onward]:
-                    if ref["location"] not in seen_locations:
-                        seen_locations.add(ref["location"])
-                        frontier.append(ref["location"])
+                    for spelling in spellings(ref["location"]):
+                        if spelling not in seen_locations:
+                            seen_locations.add(spelling)
+                            frontier.append(spelling)
             if not frontier:
                 break
     return Lineage(hops)

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TOPIC = "pudato.registry.events"
@@ -88,7 +88,12 @@ class Settings(BaseSettings):
         default_factory=dict, description="openlineage: job namespace -> environment, for "
         "runs without an environment tag (JSON object)")
     ol_skip_subruns: list[str] = Field(
-        ["DBT:SQL"], description="openlineage: sub-runs ignored, as INTEGRATION:JOBTYPE")
+        ["DBT:SQL", "AIRFLOW:QUERY", "SPARK:RDD_JOB:no-datasets"],
+        description="openlineage: sub-runs ignored, as INTEGRATION:JOBTYPE, or "
+        "INTEGRATION:JOBTYPE:no-datasets for those that name no input or output dataset")
+    ol_child_fails_root: list[str] = Field(
+        ["SPARK"], description="openlineage: integrations whose failed child run also fails "
+        "its root job (Spark's listener ends every application COMPLETE)")
     ol_namespaces: list[str] | None = Field(
         None, description="openlineage: only these job namespaces (none: all)")
     ol_topic: str = Field("openlineage.events",
@@ -104,6 +109,17 @@ class Settings(BaseSettings):
         None, description="openlineage serve: the Bearer key clients must send (none: open)")
     log_json: bool = Field(False, description="log one JSON object per line")
     log_level: str = Field("INFO", description="logging level")
+
+    @field_validator("ol_skip_subruns")
+    @classmethod
+    def _subruns(cls, items: list[str]) -> list[str]:
+        for item in items:
+            parts = item.split(":")
+            if not (len(parts) in (2, 3) and all(parts[:2])
+                    and (len(parts) == 2 or parts[2].lower() == "no-datasets")):
+                raise ValueError(f"{item!r} is neither INTEGRATION:JOBTYPE nor "
+                                 "INTEGRATION:JOBTYPE:no-datasets")
+        return items
 
     def replace(self, **changes: Any) -> Settings:
         """A validated copy with ``changes`` applied (settings stay frozen)."""
