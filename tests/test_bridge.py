@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -67,4 +68,67 @@ def test_the_bridge_command_drains_and_says_what_it_did(
         assert main(["openlineage", "bridge", "--drain", "--metrics-port", "0",
                      "--bootstrap-servers", ol_settings.bootstrap_servers,
                      "--topic", ol_settings.topic]) == 0
-    assert "bridge stopped: consumed 8, published 15 events" in caplog.text
+    assert "bridge stopped: consumed 8, published 20 events" in caplog.text
+
+
+def _small_topic(settings: Settings, name: str, max_bytes: int) -> None:
+    from confluent_kafka import NewTopic  # noqa: PLC0415
+
+    from pudato_registry import kafka  # noqa: PLC0415
+
+    admin = kafka.make_admin(settings)
+    future = admin.create_topics([NewTopic(name, 1, 1, config={
+        "max.message.bytes": str(max_bytes)})])[name]
+    future.result(30)
+
+
+def test_the_bridge_fits_what_it_publishes_to_a_smaller_topic_and_never_crash_loops(
+        ol_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.test_openlineage_big import run_events  # noqa: PLC0415
+
+    platform = ol_settings.replace(topic=f"{ol_settings.topic}.platform")
+    _small_topic(platform, platform.topic, 1_000_000)  # as a platform team makes topics
+    big = run_events(outputs=20_000)
+    fail = json.loads(run_events(end="FAIL")[2])
+    fail["run"]["runId"] = "01a235e9-0000-7000-8000-0000000000f5"
+    fail["run"]["facets"]["errorMessage"] = {"message": "e" * 60_000,
+                                             "stackTrace": "t" * 60_000}
+    unfit = platform.replace(topic=f"{ol_settings.topic}.tiny")
+    _small_topic(unfit, unfit.topic, 100_000)
+    values = [*big, json.dumps(fail).encode()]
+    produce(platform.replace(max_message_bytes=8 * 1024 * 1024),
+            [(None, v) for v in values], topic=platform.ol_topic)
+    with caplog.at_level("WARNING", logger="pudato_registry.bridge"):
+        bridged = bridge.Bridge(platform)
+        bridged.run(drain=True)
+    assert "translating to fit it" in caplog.text
+    assert bridged.stats.dead_lettered == 0
+    assert max(len(r.value or b"") for r in read_topic(platform, platform.topic)) < 1_000_000
+    drain(platform)
+    [step] = [s for s in table_rows(platform.database_dsn)[1]
+              if s["step_id"].endswith("b00b")]
+    assert (step["status"], len(step["outputs"])) == ("success", 10_000)
+
+    # A topic too small for the FAIL's error and stack trace: that RunEvent is
+    # dead-lettered, with the reason, and the rest goes on.
+    again = unfit.replace(ol_group_id=f"{platform.ol_group_id}.2")
+    bridged = bridge.Bridge(again)
+    bridged.run(drain=True)
+    assert bridged.stats.dead_lettered == 1
+    [letter] = read_topic(again, again.ol_dlq_topic)
+    assert letter.value == values[-1]
+    assert letter.headers["error.kind"] == "too_large"
+    assert bridged.stats.published > 4
+
+
+def test_create_topics_makes_an_openlineage_topic_for_8_mib_run_events(
+        settings: Settings) -> None:
+    made = settings.replace(ol_topic=f"{settings.topic}.ol8",
+                            ol_dlq_topic=f"{settings.topic}.ol8.dlq")
+    bridge.create_topics(made)
+    from pudato_registry import kafka  # noqa: PLC0415
+
+    assert kafka.max_message_bytes(made, made.ol_topic) >= 8 * 1024 * 1024
+    assert kafka.max_message_bytes(made, made.ol_dlq_topic) >= 8 * 1024 * 1024
+    produce(made.replace(max_message_bytes=8 * 1024 * 1024),
+            [(None, b'{"x": "' + b"y" * 1_500_000 + b'"}')], topic=made.ol_topic)

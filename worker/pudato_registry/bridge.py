@@ -9,6 +9,13 @@ A crash in between re-reads the batch and publishes it again: the
 translator's ids are deterministic, so the worker drops the repeats.
 Ignored input (job and dataset events, streaming runs, dbt's SQL sub-runs)
 is counted, nothing else.
+
+What it publishes fits where it goes: at start it reads ``max.message.bytes``
+of the registry topic and of its own dead-letter topic, and translates to fit
+the smaller of that and ``PUDATO_MAX_MESSAGE_BYTES`` (datasets are cut by bytes
+to fit, see :mod:`pudato_registry.openlineage`). Should an event still be too
+large for the broker (a topic's limit lowered while it runs), its OpenLineage
+message is dead-lettered and the batch goes on: a size is never retried.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter
 
 from pudato_registry import inputs, kafka, openlineage
@@ -29,6 +36,9 @@ from pudato_registry.validate import Rejection
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+FRAMING_BYTES = 2048  # a record's key (a correlation id), headers and batch framing
+MIN_EVENT_BYTES = 64 * 1024
+BATCH_BYTES = 1_000_000  # librdkafka's default batch.size
 Partition = tuple[str, int]
 
 
@@ -49,13 +59,16 @@ class Bridge:
                  consumer: Consumer | None = None, producer: Producer | None = None,
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self._decode_given = decode
         self.decode = decode or inputs.decoder(settings.input_format, settings)
+        self.publish_limit = settings.max_message_bytes
         self.consumer = consumer or kafka.make_consumer(settings, **{
             "group.id": settings.ol_group_id, "client.id": "pudato-openlineage-bridge",
             # A RunEvent may be 8 MiB (column lineage, plans).
             "max.partition.fetch.bytes": openlineage.INPUT_MAX_BYTES + 1024})
-        self.producer = producer or kafka.make_producer(settings, **{
-            "client.id": "pudato-openlineage-bridge"})
+        # Made at start, once the topics' limits are known (no network in constructors).
+        self._producer_given = producer
+        self.producer: Producer | None = producer
         self.metrics = metrics or Metrics(stall_timeout_s=settings.stall_timeout_s)
         self._batches = kafka.Batches(self.consumer, settings.batch_size,
                                       settings.batch_max_bytes, settings.batch_timeout_s)
@@ -65,7 +78,7 @@ class Bridge:
         self._stop = threading.Event()
         self._assigned: set[Partition] = set()
         self._at_end: set[Partition] = set()
-        self.dead_letters = kafka.DeadLetters(settings, self.producer, settings.ol_dlq_topic)
+        self.dead_letters: kafka.DeadLetters | None = None
 
     def request_stop(self) -> None:
         """Finish the batch, store its offsets and return (signal handlers call this)."""
@@ -76,6 +89,12 @@ class Bridge:
         s = self.settings
         try:
             kafka.require_topics(s, s.ol_topic, s.ol_dlq_topic, s.topic)
+            batch_bytes = self._fit_to_topic()
+            if self.producer is None:
+                # A record batch, not only a record, must fit the topic's limit.
+                self.producer = kafka.make_producer(s, **{
+                    "client.id": "pudato-openlineage-bridge", "batch.size": batch_bytes})
+            self.dead_letters = kafka.DeadLetters(s, self.producer, s.ol_dlq_topic)
             self.dead_letters.start()
             self.consumer.subscribe([s.ol_topic], on_assign=self._on_assign,
                                     on_revoke=self._on_revoke)
@@ -91,10 +110,36 @@ class Bridge:
         finally:
             self.metrics.set_ready(False)
             self.consumer.close()
-            self.producer.flush(10)
+            if self.producer is not None:
+                self.producer.flush(10)
+
+    def _fit_to_topic(self) -> int:
+        """Translate to fit the registry topic, whatever PUDATO_MAX_MESSAGE_BYTES says.
+
+        Returns the most bytes a record batch to either topic may take.
+        """
+        s = self.settings
+        topic_limit = kafka.max_message_bytes(s, s.topic) - FRAMING_BYTES
+        dlq_limit = kafka.max_message_bytes(s, s.ol_dlq_topic) - FRAMING_BYTES
+        if topic_limit < MIN_EVENT_BYTES:
+            raise ValueError(
+                f"topic {s.topic!r} takes messages of at most {topic_limit + FRAMING_BYTES} "
+                f"bytes, too few for registry events; raise its max.message.bytes to "
+                f"{s.max_message_bytes + kafka.DLQ_HEADROOM} (PUDATO_MAX_MESSAGE_BYTES plus "
+                "64 KiB)")
+        if topic_limit < s.max_message_bytes:
+            log.warning("topic %s takes messages of at most %d bytes, fewer than "
+                        "PUDATO_MAX_MESSAGE_BYTES (%d): translating to fit it", s.topic,
+                        topic_limit + FRAMING_BYTES, s.max_message_bytes)
+            self.publish_limit = topic_limit
+            if self._decode_given is None:
+                self.decode = inputs.decoder(s.input_format,
+                                             s.replace(max_message_bytes=topic_limit))
+        return max(MIN_EVENT_BYTES, min(BATCH_BYTES, topic_limit, dlq_limit))
 
     def _batch(self, messages: list[Message]) -> None:
         out: list[kafka.Outgoing] = []
+        sources: list[Message] = []  # the OpenLineage message each event came from
         letters: list[tuple[Message, str, str]] = []
         offsets: dict[Partition, int] = {}
         for message in messages:
@@ -112,6 +157,7 @@ class Bridge:
             result = self.decode(message.value())
             if isinstance(result, inputs.Translated):
                 out += [(key, value, None) for key, value in result.messages]
+                sources += [message] * len(result.messages)
             elif isinstance(result, Rejection):
                 letters.append((message, result.kind.value, result.message))
                 self.metrics.dead_lettered.labels(result.kind.value).inc()
@@ -121,8 +167,8 @@ class Bridge:
         if not offsets:
             return
         # Durable before acknowledged: both topics have the batch before its offsets move.
-        self._retry("publish", kafka.deliver, self.producer, self.settings.topic, out,
-                    max(self.settings.retry_max_backoff_s, 10.0))
+        out = self._retry("publish", self._publish, out, sources, letters)
+        assert self.dead_letters is not None, "run() sets it up"
         self._retry("dead_letter", self.dead_letters.send, letters)
         self.consumer.store_offsets(offsets=[TopicPartition(t, p, o)
                                              for (t, p), o in offsets.items()])
@@ -130,6 +176,42 @@ class Bridge:
         self.stats.dead_lettered += len(letters)
         self.metrics.consumed.inc(len(messages))
         self.metrics.applied.inc(len(out))
+
+    def _publish(self, out: list[kafka.Outgoing], sources: list[Message],
+                 letters: list[tuple[Message, str, str]]) -> list[kafka.Outgoing]:
+        """Deliver what fits; an event the broker refuses for its size dead-letters its source.
+
+        Returns what was delivered. Called again by the retry loop after a failure: the
+        messages delivered before it are sent again, and the worker drops the repeats.
+        """
+        fits: list[kafka.Outgoing] = []
+        refused = {id(message) for message, _kind, _why in letters}
+        for event, source in zip(out, sources, strict=True):
+            size = len(event[1] or b"") + len(event[0] or b"")
+            if size > self.publish_limit:
+                if id(source) not in refused:  # once per source, however many attempts
+                    refused.add(id(source))
+                    letters.append((source, "too_large", f"a translated event is {size} bytes, "
+                                    f"over what topic {self.settings.topic} takes "
+                                    f"({self.publish_limit})"))
+            elif id(source) not in refused:
+                fits.append(event)
+        assert self.producer is not None, "run() makes it"
+        try:
+            kafka.deliver(self.producer, self.settings.topic, fits,
+                          max(self.settings.retry_max_backoff_s, 10.0))
+        except (kafka.DeliveryError, KafkaException) as exc:
+            too_large = (exc.too_large if isinstance(exc, kafka.DeliveryError)
+                         else exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE)
+            if too_large:  # the topic's limit fell while we ran: read it again, then retry
+                self.publish_limit = min(self.publish_limit, kafka.max_message_bytes(
+                    self.settings, self.settings.topic) - FRAMING_BYTES)
+                if not fits:
+                    raise
+                self.publish_limit = min(self.publish_limit,
+                                         max(len(e[1] or b"") for e in fits) - 1)
+            raise
+        return fits
 
     def _retry(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
         from pudato_registry.loop import with_retries  # noqa: PLC0415 - one retry policy
@@ -154,7 +236,8 @@ class Bridge:
 
 
 def create_topics(settings: Settings) -> list[str]:
-    """The bridge's input topic and its dead-letter topic, made like the registry's."""
-    return kafka.create_topics(settings.replace(topic=settings.ol_topic,
-                                                dlq_topic=settings.ol_dlq_topic))
+    """The bridge's input topic and its dead-letter topic, sized for 8 MiB RunEvents."""
+    return kafka.create_topics(settings.replace(
+        topic=settings.ol_topic, dlq_topic=settings.ol_dlq_topic,
+        max_message_bytes=openlineage.INPUT_MAX_BYTES))
 

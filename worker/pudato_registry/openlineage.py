@@ -66,6 +66,7 @@ class Options:
     location_by_name: bool = False  # `location` = the dataset name alone, not namespace/name
     environments: Mapping[str, str] = field(default_factory=dict)  # OL job namespace -> env
     namespaces: frozenset[str] | None = None  # only these OL job namespaces (None: all)
+    max_message_bytes: int = MIB  # every translated event fits (PUDATO_MAX_MESSAGE_BYTES)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Options:
@@ -80,7 +81,8 @@ class Options:
                    location_by_name=settings.ol_location_by_name,
                    environments=dict(settings.ol_environments),
                    namespaces=None if settings.ol_namespaces is None
-                   else frozenset(settings.ol_namespaces))
+                   else frozenset(settings.ol_namespaces),
+                   max_message_bytes=settings.max_message_bytes)
 
 
 def decoder(settings: Settings) -> Callable[[bytes | None], Translated | Ignored | Rejection]:
@@ -96,7 +98,7 @@ def translate(value: bytes | None, options: Options = Options(),
               max_bytes: int = INPUT_MAX_BYTES) -> Translated | Ignored | Rejection:
     """One OpenLineage message to registry events, a rejection, or ignored. Never raises."""
     try:
-        return _translate(value, options, max_bytes)
+        return translate_strict(value, options, max_bytes)
     except RecursionError:
         return _invalid(RejectionKind.NOT_JSON, "value is not JSON this bridge can read: "
                                                 "nested too deeply")
@@ -106,8 +108,9 @@ def translate(value: bytes | None, options: Options = Options(),
                         f"{str(exc)[:200]})")
 
 
-def _translate(value: bytes | None, options: Options,
-               max_bytes: int) -> Translated | Ignored | Rejection:
+def translate_strict(value: bytes | None, options: Options = Options(),
+                     max_bytes: int = INPUT_MAX_BYTES) -> Translated | Ignored | Rejection:
+    """:func:`translate` without its last resort: the fuzz test wants to see every raise."""
     if value is None:
         return _invalid(RejectionKind.TOMBSTONE, "a null value (tombstone) is not a RunEvent")
     if len(value) > max_bytes:
@@ -126,7 +129,13 @@ def _translate(value: bytes | None, options: Options,
     out = []
     for event in run_event.events():
         encoded = msgspec.json.encode(event)
-        checked = validate(encoded)
+        checked = validate(encoded, options.max_message_bytes)
+        if isinstance(checked, Rejection) and checked.kind is RejectionKind.TOO_LARGE:
+            # What is not cut to fit (an error, a stack trace, tags) can still be too much.
+            return _invalid(checked.kind, f"its {event['event_type']} would be {len(encoded)} "
+                                          f"bytes, over the limit of {options.max_message_bytes}"
+                                          " (PUDATO_MAX_MESSAGE_BYTES, or what the registry "
+                                          "topic takes)")
         if isinstance(checked, Rejection):  # a bridge bug: dead-letter the input, not drop it
             return _invalid(checked.kind, f"translated {event['event_type']} is not a valid "
                                           f"registry event: {checked.message}")
@@ -273,7 +282,8 @@ class _RunEvent:
         if not self.is_step:
             return self._root_events()
         job_id, root_job = self._root()
-        out = [self._step_event(job_id, self.run_id, self._step_metadata())]
+        out: list[dict[str, Any]] = self._step_events(job_id, self.run_id,
+                                                      self._step_metadata())
         root_name, root_namespace = root_job.get("name"), root_job.get("namespace")
         if isinstance(root_name, str) and root_name and isinstance(root_namespace, str):
             out.append(self._envelope("job.submitted", job_id, f"ol:{job_id}:from-child",
@@ -313,9 +323,9 @@ class _RunEvent:
                 out += self._tasks_that_never_ran(job_id)
         if str(self.job_type.get("jobType", "")).upper() not in _ROOT_JOB_TYPES:
             # R5: a leaf run with no parent keeps its datasets as a step of itself.
-            out.append(self._step_event(job_id, self.run_id,
-                                        {**self._step_metadata(), "ol_self_step": True},
-                                        suffix=":step"))
+            out += self._step_events(job_id, self.run_id,
+                                     {**self._step_metadata(), "ol_self_step": True},
+                                     suffix=":step")
         return [e for e in out if e is not None]
 
     def _task_states(self) -> dict[str, str]:
@@ -366,33 +376,62 @@ class _RunEvent:
 
     # --- steps ---------------------------------------------------------------------
 
-    def _step_event(self, job_id: str, step_id: str, metadata: dict[str, Any],
-                    suffix: str = "") -> dict[str, Any] | None:
+    def _step_events(self, job_id: str, step_id: str, metadata: dict[str, Any],
+                     suffix: str = "") -> list[dict[str, Any]]:
+        """The step's events: its status, alone when the run names datasets, then those.
+
+        The status never rides with the datasets: the worker refuses an event that
+        would take a step past 10,000 references per list, and a run's end must not
+        be refused for what it read. The datasets follow in events of the same kind
+        and time (so whichever wins, the status is the same), cut to fit the
+        message limit: at most 10,000 per list, the rest counted in metadata.
+        """
         kind = {"START": "step.started", "RUNNING": "step.started",
                 "COMPLETE": "step.succeeded", "FAIL": "step.failed",
                 "ABORT": "step.skipped"}.get(self.event_type or "", "step.submitted")
         action = (_text(self.job_type.get("jobType")) or "run").lower()
-        data: dict[str, Any] = {
+        identity: dict[str, Any] = {
             "step_name": self._step_name(), "action": _cut_name(action),
             "handler_type": _cut_name((_text(self.job_type.get("integration")) or
                                        "openlineage").lower()),
-            "metadata": metadata,
         }
+        if kind == "step.failed":
+            identity["error"] = self._error()
+        elif kind == "step.skipped":
+            identity["error"] = self._error(required=False)
+        if kind in ("step.failed", "step.skipped"):
+            identity["final"] = True  # decision 15: FAIL and ABORT stand
+        references: dict[str, list[dict[str, Any]]] = {}
         if kind != "step.skipped":
-            data["inputs"] = self._references("inputs", "inputFacets", "inputStatistics")
-        if kind in ("step.succeeded", "step.failed"):
-            outputs = [] if action == "test" else self._references(
+            references["inputs"] = self._references("inputs", "inputFacets", "inputStatistics")
+        if kind in ("step.succeeded", "step.failed") and action != "test":
+            references["outputs"] = self._references(
                 "outputs", "outputFacets", "outputStatistics",
                 only_with_statistics=kind == "step.failed")
-            data["outputs"] = outputs
+        data = {**identity, "metadata": metadata}
+        if kind in ("step.succeeded", "step.failed"):
             data["executions"] = self._executions()
-        if kind == "step.failed":
-            data["error"] = self._error()
-        elif kind == "step.skipped":
-            data["error"] = self._error(required=False)
-        if kind in ("step.failed", "step.skipped"):
-            data["final"] = True  # decision 15: FAIL and ABORT stand
-        envelope = self._envelope(kind, job_id, self._id(suffix), data=data)
+        if not any(references.values()):
+            return [self._step_envelope(kind, job_id, step_id, self._id(suffix), data)]
+        chunks, dropped = _pack(references, self._chunk_room(kind, job_id, step_id, identity))
+        for which, count in dropped.items():
+            metadata[f"ol_{which}_dropped"] = count
+        out = [self._step_envelope(kind, job_id, step_id, self._id(suffix), data)]
+        for n, chunk in enumerate(chunks):
+            out.append(self._step_envelope(kind, job_id, step_id, self._id(f"{suffix}:refs:{n}"),
+                                           {**identity, **chunk}))
+        return out
+
+    def _chunk_room(self, kind: str, job_id: str, step_id: str,
+                    identity: dict[str, Any]) -> int:
+        """Bytes left for datasets in one event of ``kind`` that carries ``identity``."""
+        empty = self._step_envelope(kind, job_id, step_id, self._id(":refs:00000"),
+                                    {**identity, "inputs": [], "outputs": []})
+        return self.options.max_message_bytes - len(msgspec.json.encode(empty)) - 64
+
+    def _step_envelope(self, kind: str, job_id: str, step_id: str, event_id: str,
+                       data: dict[str, Any]) -> dict[str, Any]:
+        envelope = self._envelope(kind, job_id, event_id, data=data)
         envelope["step_id"] = step_id
         return envelope
 
@@ -434,7 +473,7 @@ class _RunEvent:
                             else None)),
                 "metadata": metadata,
             })
-        return out[:events.REFERENCES_MAX]
+        return out
 
     def _executions(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -526,6 +565,36 @@ class _RunEvent:
         if "dbt_node" in self.job_facets:
             meta["ol_dbt_node"] = _strip(self.job_facets["dbt_node"])
         return meta
+
+
+def _pack(references: dict[str, list[dict[str, Any]]],
+          room: int) -> tuple[list[dict[str, list[dict[str, Any]]]], dict[str, int]]:
+    """The references in chunks of at most ``room`` bytes of JSON, and how many were dropped.
+
+    At most 10,000 of a list are kept (a step holds no more); a reference too large
+    for any chunk is dropped too, and counted.
+    """
+    chunks: list[dict[str, list[dict[str, Any]]]] = []
+    dropped: dict[str, int] = {}
+    current: dict[str, list[dict[str, Any]]] = {}
+    used = 0
+    for which, listed in references.items():
+        kept = listed[:events.REFERENCES_MAX]
+        if len(listed) > len(kept):
+            dropped[which] = len(listed) - len(kept)
+        for reference in kept:
+            size = len(msgspec.json.encode(reference)) + 1  # and its comma
+            if size > room:
+                dropped[which] = dropped.get(which, 0) + 1
+                continue
+            if used + size > room:
+                chunks.append(current)
+                current, used = {}, 0
+            current.setdefault(which, []).append(reference)
+            used += size
+    if current:
+        chunks.append(current)
+    return chunks, dropped
 
 
 def _ref_type(namespace: str, facets: dict[str, Any]) -> str:
