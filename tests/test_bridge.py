@@ -72,7 +72,7 @@ def test_the_bridge_command_drains_and_says_what_it_did(
 
 
 def _small_topic(settings: Settings, name: str, max_bytes: int) -> None:
-    from confluent_kafka import NewTopic  # noqa: PLC0415
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # noqa: PLC0415
 
     from pudato_registry import kafka  # noqa: PLC0415
 
