@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -400,21 +401,26 @@ def _serve(settings: Settings) -> int:
     from pudato_registry import receiver  # noqa: PLC0415
 
     app = receiver.Receiver(settings)
-    server = receiver.make_server(app, settings.ol_http_host, settings.ol_http_port)
-    def stop(_signum: int, _frame: object) -> None:
-        # waitress's loop runs while any client holds a connection open; it ends on
-        # KeyboardInterrupt alone, whatever its clients do. The flush follows in `finally`.
-        raise KeyboardInterrupt
+    try:
+        server = receiver.make_server(app, settings.ol_http_host, settings.ol_http_port)
+    except OSError as exc:
+        app.close(1)
+        raise OSError(f"cannot listen on {settings.ol_http_host}:{settings.ol_http_port}: "
+                      f"{exc.strerror or exc}; choose another with --port (or "
+                      "PUDATO_OL_HTTP_PORT)") from None
+    stop = threading.Event()
+
+    def stopping(_signum: int, _frame: object) -> None:
+        stop.set()  # the loop sees it within 0.2 s, then answers what is in flight
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
+        signal.signal(signum, stopping)
     log.info("receiving OpenLineage on http://%s:%s%s (to topic %s)%s",
              settings.ol_http_host, server.effective_port, receiver.LINEAGE_PATH,
              settings.topic, "" if settings.ol_api_key else "; no API key required")
     try:
-        server.run()
+        receiver.serve(server, app, stop)
     finally:
-        server.close()
         app.close()
     log.info("receiver stopped: %s", app.counts)
     return 0

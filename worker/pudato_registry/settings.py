@@ -107,8 +107,29 @@ class Settings(BaseSettings):
                               description="openlineage serve: port (5000, as Marquez)")
     ol_api_key: SecretStr | None = Field(
         None, description="openlineage serve: the Bearer key clients must send (none: open)")
+    ol_http_publish_timeout_s: float = Field(
+        1.5, gt=0, le=60, description="openlineage serve: how long a request waits for the "
+        "broker before its 503 (below HttpTransport's 5 s timeout)")
+    ol_http_request_timeout_s: float = Field(
+        10.0, gt=0, description="openlineage serve: a request's headers and body must be in "
+        "by then, however slowly they trickle")
+    ol_http_idle_timeout_s: int = Field(
+        30, ge=1, description="openlineage serve: an idle connection is closed after this")
+    ol_http_connection_limit: int = Field(
+        4000, ge=1, description="openlineage serve: open connections at most")
+    ol_http_decode_budget_bytes: int = Field(
+        24 * MIB, ge=1, description="openlineage serve: bytes of request bodies decoded at "
+        "once (memory is about ten times this)")
     log_json: bool = Field(False, description="log one JSON object per line")
     log_level: str = Field("INFO", description="logging level")
+
+    @field_validator("ol_api_key")
+    @classmethod
+    def _api_key(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not key.get_secret_value().strip():
+            raise ValueError("the API key is empty: set one, or unset PUDATO_OL_API_KEY to "
+                             "accept requests without a key")
+        return key
 
     @field_validator("ol_skip_subruns")
     @classmethod
