@@ -56,6 +56,7 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 LINEAGE_PATH = "/api/v1/lineage"
 _GZIP = frozenset({"gzip", "x-gzip"})
 Refusal = tuple[str, str, str]  # HTTP status, reason (a metric label), message
+_STOPPING = -2  # not a KafkaError code: a publish given up because the receiver stops
 
 
 class TooLargeError(Exception):
@@ -91,6 +92,8 @@ class ReceiverMetrics:
         self.unavailable = Counter("pudato_receiver_broker_unavailable",
                                    "Requests answered 503: the broker did not take the events",
                                    registry=r)
+        self.in_flight = Gauge("pudato_receiver_requests_in_flight",
+                               "RunEvent requests being decoded or published now", registry=r)
         self.broker_up = Gauge("pudato_receiver_broker_reachable",
                                "1 while the broker answers the receiver's probes", registry=r)
         self.decode = Histogram("pudato_receiver_decode_seconds",
@@ -132,7 +135,7 @@ class Receiver:
 
     def __init__(self, settings: Settings, *, decode: inputs.Decoder | None = None,
                  producer: Producer | None = None, delivery_timeout_s: float | None = None,
-                 probe_interval_s: float = 2.0) -> None:
+                 probe_interval_s: float | None = None) -> None:
         self.settings = settings
         self.decode = decode or inputs.decoder(settings.input_format, settings)
         self.delivery_timeout_s = (settings.ol_http_publish_timeout_s
@@ -149,7 +152,8 @@ class Receiver:
         self._budget = ByteBudget(settings.ol_http_decode_budget_bytes)
         self.stopping = threading.Event()  # set: answer 503 at once, publish nothing more
         self.broker_reachable = True  # until a probe says otherwise
-        self._probe_interval_s = probe_interval_s
+        self._probe_interval_s = (settings.ol_http_probe_interval_s if probe_interval_s is None
+                                  else probe_interval_s)
         self._stop = threading.Event()
         # One thread serves every request's delivery reports, so that a request wakes
         # the moment its own events are acknowledged; another asks the broker how it is.
@@ -168,7 +172,8 @@ class Receiver:
         """Readiness: whether the broker answers a metadata request, every few seconds."""
         while not self._stop.is_set():
             try:
-                self.producer.list_topics(self.settings.topic, timeout=self._probe_interval_s)
+                self.producer.list_topics(self.settings.topic,
+                                          timeout=min(self._probe_interval_s, 2.0))
                 reachable = True
             except KafkaException:
                 reachable = False
@@ -182,13 +187,19 @@ class Receiver:
             self.metrics.broker_up.set(1 if reachable else 0)
             self._stop.wait(self._probe_interval_s)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop serving delivery reports, after waiting up to ``timeout`` s for the last ones."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop: what is still unacknowledged was answered 503 (its client retries), so drop it.
+
+        Every 201 was sent after its events were acknowledged, so nothing answered
+        201 is lost; waiting on a broker that is away would only delay the exit.
+        """
         self.stopping.set()
+        self.producer.purge()
         self.producer.flush(timeout)
         self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        poller, probe = self._threads
+        poller.join()
+        probe.join(timeout)  # a daemon: a probe still waiting on the broker ends with us
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """Serve one request."""
@@ -249,6 +260,10 @@ class Receiver:
     # --- the request ------------------------------------------------------------
 
     def _lineage(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        with self.metrics.in_flight.track_inprogress():
+            return self._run_event(environ, start_response)
+
+    def _run_event(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         headers = {k.removeprefix("HTTP_"): str(v) for k, v in environ.items()
                    if k.startswith("HTTP_") or k in ("CONTENT_LENGTH", "CONTENT_TYPE")}
         refusal = self._screen(headers)  # again: the WSGI app may be served by another server
@@ -283,6 +298,8 @@ class Receiver:
             return self._answer(start_response, "200 OK", {"ignored": result.reason})
         failed = self._publish(result.messages)
         if failed is not None:
+            if failed == _STOPPING:
+                return self._unavailable(start_response, "the receiver is stopping")
             if failed == KafkaError.MSG_SIZE_TOO_LARGE:
                 return self._refuse(environ, start_response, "413 Content Too Large",
                                     "too_large_for_topic", "a translated event is larger than "
@@ -311,7 +328,7 @@ class Receiver:
         """Produce and wait for this request's acknowledgements only.
 
         Returns None once all are acknowledged, else the KafkaError code that failed
-        (-1: no answer in time, or the receiver is stopping).
+        (-1: no answer in time; :data:`_STOPPING`: the receiver is stopping).
         """
         waiting = len(messages)
         failed: list[KafkaError] = []
@@ -339,7 +356,9 @@ class Receiver:
             return int(code)
         deadline = time.monotonic() + self.delivery_timeout_s + 0.2
         while not done.wait(0.1):  # a stop answers the client at once
-            if self.stopping.is_set() or time.monotonic() > deadline:
+            if self.stopping.is_set():
+                return _STOPPING
+            if time.monotonic() > deadline:
                 return -1
         return int(failed[0].code()) if failed else None
 
@@ -347,7 +366,7 @@ class Receiver:
         self._count("unavailable")
         self.metrics.unavailable.inc()
         return self._answer(start_response, "503 Service Unavailable",
-                            {"error": f"{why}; try again"}, [("Retry-After", "5")])
+                            {"error": f"{why}; try again"}, [("Retry-After", "1")])
 
     def _refuse(self, environ: dict[str, Any], start_response: StartResponse, status: str,
                 reason: str, message: str) -> list[bytes]:

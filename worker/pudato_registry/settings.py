@@ -117,6 +117,9 @@ class Settings(BaseSettings):
         30, ge=1, description="openlineage serve: an idle connection is closed after this")
     ol_http_connection_limit: int = Field(
         4000, ge=1, description="openlineage serve: open connections at most")
+    ol_http_probe_interval_s: float = Field(
+        2.0, gt=0, description="openlineage serve: how often it asks the broker how it is "
+        "(/readyz, and 503 at once while it does not answer)")
     ol_http_decode_budget_bytes: int = Field(
         24 * MIB, ge=1, description="openlineage serve: bytes of request bodies decoded at "
         "once (memory is about ten times this)")
