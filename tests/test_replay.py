@@ -210,3 +210,40 @@ def test_waiting_for_the_swap_never_stalls_readers(loaded: Settings) -> None:
         long_reader.close()
         replaying.join(120)
     assert outcome == [0]
+
+
+def test_readers_wait_milliseconds_across_the_swap_not_seconds(loaded: Settings) -> None:
+    longest: list[float] = []
+    stop = threading.Event()
+
+    def read() -> None:  # a dashboard's query, again and again, for the whole replay
+        with psycopg.connect(loaded.database_dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                began = time.monotonic()
+                conn.execute("SELECT count(*) FROM pudato_jobs WHERE status = 'failed'")
+                longest.append(time.monotonic() - began)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        report = replay.rebuild(loaded)
+    finally:
+        stop.set()
+        reader.join()
+    assert report.locked_seconds < 1.0
+    assert max(longest) < 1.0
+    assert f"readers blocked {report.locked_seconds * 1000:.0f} ms" in report.summary()
+    assert table_rows(loaded.database_dsn) == expected_rows(workload(1_500))
+
+
+def test_a_shadow_left_by_an_interrupted_replay_is_reported_and_removed(
+        loaded: Settings) -> None:
+    store.create_shadow(loaded.database_dsn)  # as a replay killed with -9 leaves it
+    with psycopg.connect(loaded.database_dsn) as conn:
+        conn.execute(f"INSERT INTO {store.SHADOW_SCHEMA}.pudato_jobs (job_id) VALUES ('left')")
+    report = replay.rebuild(loaded)
+    assert report.leftover_bytes is not None
+    assert report.leftover_bytes > 0
+    assert "removed the shadow tables an interrupted replay left behind" in report.summary()
+    assert "left" not in {j["job_id"] for j in table_rows(loaded.database_dsn)[0]}
+    assert store.shadow_bytes(loaded.database_dsn) is None

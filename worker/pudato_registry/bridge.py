@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import Counter
 
 from pudato_registry import inputs, kafka, openlineage
+from pudato_registry.loop import StoppedError
 from pudato_registry.metrics import Metrics
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection
@@ -107,11 +108,22 @@ class Bridge:
                         and not self._batches.waiting):
                     log.info("drained: every assigned partition is at its end")
                     break
+        except StoppedError as exc:
+            log.warning("%s; none of that batch's offsets were stored: it is bridged again "
+                        "on the next start (the worker drops the repeats)", exc)
         finally:
             self.metrics.set_ready(False)
+            self._close()
+
+    def _close(self) -> None:
+        if self._stop.is_set() and not kafka.answers(self.consumer, self.settings.ol_topic):
+            log.warning("Kafka is away: leaving without committing the last offsets; their "
+                        "RunEvents are bridged again on the next start")
+        else:
             self.consumer.close()
-            if self.producer is not None:
-                self.producer.flush(10)
+        if self.producer is not None:
+            # What was acknowledged has its offsets stored; the rest is sent again later.
+            self.producer.flush(1.0 if self._stop.is_set() else 10.0)
 
     def _fit_to_topic(self) -> int:
         """Translate to fit the registry topic, whatever PUDATO_MAX_MESSAGE_BYTES says.
@@ -216,7 +228,7 @@ class Bridge:
     def _retry(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
         from pudato_registry.loop import with_retries  # noqa: PLC0415 - one retry policy
 
-        return with_retries(self.settings, operation, fn, *args,
+        return with_retries(self.settings, operation, fn, *args, stop=self._stop,
                             on_retry=lambda: self.metrics.retries.labels(operation).inc())
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +29,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ConfigResource,
     NewTopic,
+    OffsetSpec,
     ResourceType,
 )
 
@@ -94,12 +96,61 @@ def deliver(producer: Producer, topic: str, messages: Iterable[Outgoing],
     return count
 
 
+def answers(client: Consumer | Producer, topic: str, timeout: float = 1.0) -> bool:
+    """Whether the broker answers a metadata request for ``topic`` within ``timeout`` s."""
+    try:
+        client.list_topics(topic, timeout=timeout)
+    except KafkaException:
+        return False
+    return True
+
+
 class TopicMissingError(RuntimeError):
     """The event topic does not exist (create it with `pudato-registry topics create`)."""
 
 
+# What a client reports while it cannot reach the brokers (it reconnects by itself).
+TRANSPORT_ERRORS = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN,
+                              KafkaError._RESOLVE, KafkaError._TIMED_OUT})
+
 # librdkafka's own log lines go through Python logging, not straight to stderr.
 CLIENT_LOG = logging.getLogger("pudato_registry.kafka.client")
+
+
+class OneLinePerOutage(logging.Filter):
+    """librdkafka logs every failed connection attempt, several a second per broker and
+    client while a broker is away: keep the first of each client's, then one a minute
+    saying how many were held back."""
+
+    MARKS = ("Connect to ", "Connection refused", "Disconnected", "Failed to resolve",
+             "brokers are down", "timed out")
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self._every = every_s
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep the record unless it repeats a connection failure of the same client."""
+        text = record.getMessage()
+        if not any(mark in text for mark in self.MARKS):
+            return True
+        client = text.split("]", 1)[0]  # "FAIL [pudato-registry-worker#consumer-1"
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(client, -self._every) < self._every:
+                self._held[client] = self._held.get(client, 0) + 1
+                return False
+            self._last[client] = now
+            held = self._held.pop(client, 0)
+        if held:
+            record.msg, record.args = f"{text} (and {held} like it in the last minute)", None
+        return True
+
+
+CLIENT_LOG.addFilter(OneLinePerOutage())
 log = logging.getLogger(__name__)
 
 
@@ -420,8 +471,8 @@ class Batches:
                              if (m.topic(), m.partition()) not in gone]
 
 
-def _partitions(consumer: Consumer, topic: str, timeout: float) -> list[int]:
-    metadata = consumer.list_topics(topic, timeout=timeout)
+def _partitions(client: Consumer | AdminClient, topic: str, timeout: float) -> list[int]:
+    metadata = client.list_topics(topic, timeout=timeout)
     found = metadata.topics.get(topic)
     if found is None or found.error is not None:
         raise TopicMissingError(f"topic {topic!r} does not exist")
@@ -445,29 +496,32 @@ class PartitionReader:
             "enable.partition.eof": True,
             "max.partition.fetch.bytes": max(settings.max_message_bytes + 1024, 1024 * 1024),
         })
+        # Offsets are asked of an admin client: on the consumer's own connection a
+        # ListOffsets request waits behind its long-poll fetch (fetch.wait.max.ms)
+        # once it reads at the end, half a second a partition.
+        self._admin = AdminClient(_base(settings))
         self._batch_size = settings.batch_size
         self._batch_max_bytes = settings.batch_max_bytes
         self.positions: dict[int, int] = {}
 
     def partitions(self, timeout: float = 10.0) -> list[int]:
         """The topic's partition ids."""
-        return _partitions(self._consumer, self.topic, timeout)
+        return _partitions(self._admin, self.topic, timeout)
 
     def start_offsets(self, timeout: float = 10.0) -> dict[int, int]:
         """Each partition's first offset still held (above 0 once retention trimmed it)."""
-        return {
-            p: int(self._consumer.get_watermark_offsets(TopicPartition(self.topic, p),
-                                                        timeout=timeout, cached=False)[0])
-            for p in self.partitions(timeout)
-        }
+        return self._list_offsets(OffsetSpec.earliest(), timeout)  # type: ignore[no-untyped-call]
 
     def end_offsets(self, timeout: float = 10.0) -> dict[int, int]:
         """Each partition's end (the offset the next message will get), asked of the broker."""
-        return {
-            p: int(self._consumer.get_watermark_offsets(TopicPartition(self.topic, p),
-                                                        timeout=timeout, cached=False)[1])
-            for p in self.partitions(timeout)
-        }
+        return self._list_offsets(OffsetSpec.latest(), timeout)  # type: ignore[no-untyped-call]
+
+    def _list_offsets(self, spec: Any, timeout: float) -> dict[int, int]:
+        """One ListOffsets request per leader for every partition, on the admin's connection."""
+        asked = {TopicPartition(self.topic, p): spec for p in self.partitions(timeout)}
+        answers = self._admin.list_offsets(asked, request_timeout=timeout)
+        return {tp.partition: int(future.result(timeout).offset)
+                for tp, future in answers.items()}
 
     def offsets_at(self, when: datetime, timeout: float = 10.0) -> dict[int, int]:
         """Each partition's first offset whose timestamp is at or after ``when``."""
@@ -484,16 +538,17 @@ class PartitionReader:
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in chosen.items()])
         self.positions = {p: max(o, 0) for p, o in chosen.items()}
 
-    def read_until(self, targets: dict[int, int]) -> Iterator[list[Message]]:
+    def read_until(self, targets: dict[int, int], wait_s: float = 0.1) -> Iterator[list[Message]]:
         """Yield batches of messages until every partition's position reaches its target.
 
         A batch holds at most the settings' ``batch_size`` messages and
         ``batch_max_bytes`` of values, as the worker's (a larger message makes
-        a batch of its own).
+        a batch of its own). ``wait_s``: how long one fetch may wait for a
+        batch to fill (a consume returns early only once it is full).
         """
         while any(self.positions.get(p, 0) < end for p, end in targets.items()):
             batch = []
-            for message in self._consumer.consume(self._batch_size, 0.5):
+            for message in self._consumer.consume(self._batch_size, wait_s):
                 error = message.error()
                 partition = cast(int, message.partition())
                 if error is not None:

@@ -43,6 +43,8 @@ alike (missing table or privilege, retries exhausted) raises
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import itertools
 import logging
@@ -72,6 +74,17 @@ Partition = tuple[str, int]
 
 class FatalError(RuntimeError):
     """The worker cannot go on: a permanent failure, or a transient one that outlasted retries."""
+
+
+BROKER_AWAY_S = 10.0  # transport errors this long, unbroken: not ready
+
+
+class StoppedError(Exception):
+    """A stop was asked for while ``operation`` waited to try again: nothing of it was done."""
+
+    def __init__(self, operation: str) -> None:
+        super().__init__(f"stopped while {operation} was waiting to be tried again")
+        self.operation = operation
 
 
 class UnstorableError(FatalError):
@@ -282,16 +295,23 @@ def isolate(apply: Callable[[Sequence[Event]], Plan], events: Sequence[Event]) -
 
 def with_retries(settings: Settings, operation: str, fn: Callable[..., T], *args: Any,
                  on_retry: Callable[[], None] = lambda: None,
-                 deadline: float | None = None) -> T:
+                 deadline: float | None = None, stop: threading.Event | None = None) -> T:
     """Run ``fn``, retrying transient failures with capped, jittered exponential backoff.
 
     Retries end at ``deadline`` (a ``time.monotonic()`` value; by default
     ``settings.retry_timeout_s`` from now): no backoff sleeps past it. Raises
     :class:`UnstorableError` when PostgreSQL refuses the data written,
     :class:`FatalError` on any other permanent failure, or when transient
-    ones outlast the deadline.
+    ones outlast the deadline. With ``stop``, a backoff ends the moment it is
+    set, and :class:`StoppedError` is raised instead of trying again.
     """
     ends = time.monotonic() + settings.retry_timeout_s if deadline is None else deadline
+    stopping = stop or threading.Event()
+
+    def attempt() -> T:
+        if stopping.is_set():
+            raise StoppedError(operation)
+        return fn(*args)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         on_retry()
@@ -299,22 +319,31 @@ def with_retries(settings: Settings, operation: str, fn: Callable[..., T], *args
         log.warning("%s failed (attempt %d), retrying: %s", operation, state.attempt_number, exc)
 
     def out_of_time(state: tenacity.RetryCallState) -> bool:
-        return time.monotonic() + state.upcoming_sleep >= ends
+        return stopping.is_set() or time.monotonic() + state.upcoming_sleep >= ends
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(_transient),
         wait=tenacity.wait_random_exponential(multiplier=0.05, max=settings.retry_max_backoff_s),
         stop=out_of_time,
+        sleep=functools.partial(_sleep_unless, stopping),  # a stop ends a backoff at once
         before_sleep=before_sleep,
         reraise=True,
     )
     try:
-        return retrying(fn, *args)
+        return retrying(attempt)
+    except StoppedError:
+        raise
     except Exception as exc:
+        if stopping.is_set() and _transient(exc):
+            raise StoppedError(operation) from exc
         if classify(exc) is Failure.DATA:
             raise UnstorableError(operation, describe(exc)) from exc
         kind = "still failing after retries" if _transient(exc) else "permanent failure"
         raise FatalError(f"{operation}: {kind}: {exc}") from exc
+
+
+def _sleep_unless(stop: threading.Event, seconds: float) -> None:
+    stop.wait(seconds)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -353,6 +382,7 @@ class Worker:
         self._lag_due = 0.0
         self._behind = 0  # messages behind, over the assigned partitions, as last observed
         self._consume_errors: set[int] = set()
+        self._broker_trouble_since: float | None = None  # transport errors, unbroken since
         self._batches = kafka.Batches(self.consumer, settings.batch_size,
                                       settings.batch_max_bytes, settings.batch_timeout_s)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
@@ -369,12 +399,22 @@ class Worker:
     # --- the loop ------------------------------------------------------------
 
     def run(self, *, drain: bool = False) -> None:
-        """Consume until stopped, or with ``drain`` until every assigned partition is caught up."""
+        """Consume until stopped, or with ``drain`` until every assigned partition is caught up.
+
+        A stop asked for while a failure is being retried (no database at start,
+        a database or broker away) ends the wait at once: the batch being retried
+        is not committed and its offsets are not stored, so the next start reads
+        it again.
+        """
         try:
             self._start()
             with Garbage() as garbage:
                 self._consume(garbage, drain=drain)
             self._settle()  # stopping: finish the batch in flight
+        except StoppedError as exc:
+            self._abandon_inflight()
+            log.warning("%s; nothing half-done was committed, the next start reads it again",
+                        exc)
         finally:
             self.metrics.set_ready(False)
             self._close()
@@ -389,6 +429,7 @@ class Worker:
             elif self._inflight is not None:
                 self._settle()  # nothing new: acknowledge the last batch now, not later
             garbage.between_batches()
+            self._check_broker()
             self._observe_lag()
             # For /healthz: the loop went round; is there more to do?
             self.metrics.progressed(work_pending=self._inflight is not None
@@ -421,6 +462,9 @@ class Worker:
                 self._on_consume_error(error, where)
                 continue
             self._at_end.discard(where)
+            if batch.consumed == 0:
+                self._broker_answers()
+                self.metrics.consumed_now()
             batch.consumed += 1
             batch.next_offsets[where] = cast(int, message.offset()) + 1
             value = message.value()
@@ -436,13 +480,31 @@ class Worker:
     def _on_consume_error(self, error: KafkaError, where: Partition) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             self._at_end.add(where)
+            self._broker_answers()
             return
         if error.fatal():
             raise FatalError(f"Kafka consumer failed: {error.str()}")
+        if error.code() in kafka.TRANSPORT_ERRORS and self._broker_trouble_since is None:
+            self._broker_trouble_since = time.monotonic()
         # librdkafka reconnects by itself; say so once per kind of error.
         if error.code() not in self._consume_errors:
             self._consume_errors.add(error.code())
             log.warning("Kafka consumer error (retried by the client): %s", error.str())
+
+    def _broker_answers(self) -> None:
+        """A message or an end of partition came: the broker is there."""
+        if self._broker_trouble_since is not None:
+            log.info("Kafka answers again after %.0f s", time.monotonic() -
+                     self._broker_trouble_since)
+            self._broker_trouble_since = None
+            self._consume_errors.clear()
+            self.metrics.set_ready(True)
+
+    def _check_broker(self) -> None:
+        """Not ready once the broker has been away for a while (a blip is not an outage)."""
+        since = self._broker_trouble_since
+        if since is not None and time.monotonic() - since > BROKER_AWAY_S:
+            self.metrics.set_ready(False)
 
     def _process(self, batch: Batch, started: float) -> None:
         if batch.rejections:
@@ -526,6 +588,15 @@ class Worker:
         self.store.apply(job_ids, step_ids, compute)
         return plan
 
+    def _abandon_inflight(self) -> None:
+        """Stopping: the batch in flight stopped too (or commits now); store none of its offsets."""
+        if self._inflight is not None:
+            _batch, future, _seconds = self._inflight
+            self._inflight = None
+            with contextlib.suppress(BaseException):  # its own stop, or done: read again later
+                future.result()
+            self._written = States(jobs={}, steps={})
+
     def _settle(self) -> None:
         """Wait for the batch in flight to commit, then store its offsets."""
         if self._inflight is None:
@@ -588,7 +659,7 @@ class Worker:
             self.metrics.set_ready(False)
 
         return with_retries(self.settings, operation, fn, *args, on_retry=on_retry,
-                            deadline=deadline)
+                            deadline=deadline, stop=self._stop)
 
     # --- group membership -----------------------------------------------------------
 
@@ -607,6 +678,7 @@ class Worker:
         self._assigned -= lost
         self._at_end -= lost
         self._batches.forget(lost)
+        self.metrics.forget_lag(lost)
         log.info("revoked %s", sorted(p for _t, p in lost))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -614,6 +686,7 @@ class Worker:
         self._assigned -= lost
         self._at_end -= lost
         self._batches.forget(lost)
+        self.metrics.forget_lag(lost)
         log.warning("lost %s", sorted(p for _t, p in lost))
 
     @staticmethod
@@ -640,7 +713,18 @@ class Worker:
 
     def _close(self) -> None:
         self._writer.shutdown(wait=True)
+        if self._stop.is_set() and not kafka.answers(self.consumer, self.settings.topic):
+            # Committing and leaving the group wait for a coordinator that is not there
+            # (a session timeout and more). Offsets stored since the last commit are read
+            # again by the next owner, and their events dropped as repeats.
+            log.warning("Kafka is away: leaving without committing the last offsets; their "
+                        "events are read again on the next start and dropped as repeats")
+            self.producer.flush(1.0)
+            self.store.close()
+            return
         self._commit_offsets(self.consumer)
         self.consumer.close()
-        self.producer.flush(10)
+        # Every dead letter of a stored offset was acknowledged; what is left belongs
+        # to a batch that will be read again: a stop need not wait for a broker away.
+        self.producer.flush(1.0 if self._stop.is_set() else 10.0)
         self.store.close()

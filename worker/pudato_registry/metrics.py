@@ -16,6 +16,7 @@ while the worker retries a failure.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import math
 import threading
@@ -123,6 +124,12 @@ class Metrics:
                                           _LATENCY_BUCKETS, r)
         self.lag = Gauge("pudato_consumer_lag", "messages behind the partition's end",
                          ["topic", "partition"], registry=r)
+        self._last_consumed: float | None = None
+        self.since_consumed = Gauge("pudato_seconds_since_last_consumed",
+                                    "seconds since a message was last consumed (-1: none yet)",
+                                    registry=r)
+        self.since_consumed.set_function(
+            lambda: -1.0 if self._last_consumed is None else clock() - self._last_consumed)
         self._ready = False
         self._last_progress = clock()
         self._work_pending = False
@@ -146,6 +153,16 @@ class Metrics:
         """Record (topic, partition, lag) of the assigned partitions."""
         for topic, partition, lag in lags:
             self.lag.labels(topic, str(partition)).set(lag)
+
+    def forget_lag(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Partitions no longer assigned: their lag is another member's to say."""
+        for topic, partition in partitions:
+            with contextlib.suppress(KeyError):
+                self.lag.remove(topic, str(partition))
+
+    def consumed_now(self) -> None:
+        """A message was consumed (for ``pudato_seconds_since_last_consumed``)."""
+        self._last_consumed = self._clock()
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")

@@ -36,7 +36,7 @@ from pudato_registry.validate import Rejection, validate
 from pudato_registry.wire import Event
 
 log = logging.getLogger(__name__)
-_LOCK_WHEN_BEHIND = 2000  # messages: catch up outside the lock until this close
+_LOCK_WHEN_BEHIND = 500  # messages: catch up outside the lock until this close
 
 
 @dataclass
@@ -51,16 +51,22 @@ class ReplayReport:
     refused: int = 0  # over an entity limit, or unstorable: dead-lettered by the worker
     seconds: float = 0.0
     locked_seconds: float = 0.0
+    leftover_bytes: int | None = None  # a shadow schema an interrupted replay left, removed
     differences: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One paragraph for people."""
-        lines = [f"replay ({self.mode}): {self.messages} messages read, {self.events} events "
+        lines = []
+        if self.leftover_bytes is not None:
+            lines.append(f"removed the shadow tables an interrupted replay left behind "
+                         f"({self.leftover_bytes / 2**20:.1f} MiB)")
+        lines += [f"replay ({self.mode}): {self.messages} messages read, {self.events} events "
                  f"({self.invalid} invalid and {self.refused} over a limit or unstorable "
                  f"skipped), {self.applied} new to the target, "
                  f"{self.seconds:.1f} s"]
         if self.mode == "rebuild":
-            lines.append(f"swapped in; live tables locked {self.locked_seconds * 1000:.0f} ms")
+            lines.append(f"swapped in; readers blocked {self.locked_seconds * 1000:.0f} ms "
+                         "(the live tables were locked that long)")
         for table, (count, keys) in self.differences.items():
             lines.append(f"{table}: {count} rows differ" + (f" (e.g. {', '.join(keys)})"
                                                              if keys else ""))
@@ -69,8 +75,8 @@ class ReplayReport:
 
 def _fold_into(reader: kafka.PartitionReader, targets: dict[int, int], target: store.Store,
                settings: Settings, report: ReplayReport, *, rewrite: bool = False,
-               keep: Callable[[Event], bool] = lambda _e: True) -> None:
-    for messages in reader.read_until(targets):
+               keep: Callable[[Event], bool] = lambda _e: True, wait_s: float = 0.1) -> None:
+    for messages in reader.read_until(targets, wait_s):
         report.messages += len(messages)
         events = []
         for message in messages:
@@ -112,6 +118,10 @@ def rebuild(settings: Settings, *, verify: bool = False,
                     f"topic {settings.topic} no longer holds its first events ({lost}); a "
                     "rebuild would drop the jobs they made. To rebuild from what is left, "
                     "run again with --accept-trimmed")
+            report.leftover_bytes = store.shadow_bytes(dsn)
+            if report.leftover_bytes is not None:
+                log.warning("removing the shadow tables an interrupted replay left behind "
+                            "(%.1f MiB)", report.leftover_bytes / 2**20)
             store.create_shadow(dsn)
             if not verify and (lost_objects := store.unkept_dependents(dsn)):
                 raise store.ReplayRefusedError(
@@ -144,9 +154,13 @@ def _rebuild_into(reader: kafka.PartitionReader, shadow: store.Store, settings: 
     if verify:
         report.differences = store.differences(dsn)
         return
+    store.analyze_shadow(dsn)  # the planner knows the new tables from their first query
     with store.locked_live_tables(dsn) as conn:
         locked = time.monotonic()
-        _fold_into(reader, reader.end_offsets(), shadow, settings, report)
+        # Under the lock the live worker cannot commit a batch, so the topic's ends as
+        # they are now lie above everything it applied: catch up to them, and swap.
+        # One ListOffsets round trip, then only the few events since the last round.
+        _fold_into(reader, reader.end_offsets(), shadow, settings, report, wait_s=0.01)
         store.swap_in_shadow(conn)
     report.locked_seconds = time.monotonic() - locked
 

@@ -437,6 +437,27 @@ def create_shadow(dsn: str, migrations: Sequence[Migration] | None = None) -> No
     with connect(dsn, options=f"-c search_path={SHADOW_SCHEMA}") as conn:
         for migration in load_migrations() if migrations is None else migrations:
             conn.execute(migration.sql.encode())
+        # Autovacuum of a table being filled would hold up the swap's ALTER TABLE
+        # (it yields only after deadlock_timeout); the swap turns it back on.
+        for table in PROJECTION_TABLES:
+            conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+
+
+def shadow_bytes(dsn: str) -> int | None:
+    """The size of a shadow schema left behind (an interrupted replay), or None if there is none."""
+    with connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_namespace n"
+            " LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind = 'r'"
+            " WHERE n.nspname = %s GROUP BY n.oid", (SHADOW_SCHEMA,)).fetchone()
+    return None if row is None else int(row[0])  # type: ignore[call-overload]
+
+
+def analyze_shadow(dsn: str) -> None:
+    """Planner statistics for the shadow tables, before they become the live ones."""
+    with connect(dsn, autocommit=True) as conn:
+        for table in PROJECTION_TABLES:
+            conn.execute(f"ANALYZE {SHADOW_SCHEMA}.{table}")
 
 
 def drop_shadow(dsn: str) -> None:
@@ -555,6 +576,7 @@ def swap_in_shadow(conn: psycopg.Connection[tuple[object, ...]]) -> None:
         conn.execute(f"ALTER TABLE {live}.{table} SET SCHEMA {RETIRED_SCHEMA}")
     for table in PROJECTION_TABLES:
         conn.execute(f"ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA {live}")
+        conn.execute(f"ALTER TABLE {live}.{table} RESET (autovacuum_enabled)")
     conn.execute(f"DROP SCHEMA {RETIRED_SCHEMA} CASCADE")
 
 

@@ -276,7 +276,15 @@ class DevStack:
 
     def restart_postgres(self) -> None:
         """Stop PostgreSQL (fast mode, dropping connections) and start it again on its port."""
+        self.stop_postgres()
+        self.start_postgres()
+
+    def stop_postgres(self) -> None:
+        """Stop PostgreSQL (fast mode: connections are dropped); its data stays."""
         self._pg_ctl("stop", "-m", "fast")
+
+    def start_postgres(self) -> None:
+        """Start PostgreSQL again on its port, after :meth:`stop_postgres`."""
         self._pg_ctl("start", "-o", self._pg_options())
 
     def _pg_options(self) -> str:

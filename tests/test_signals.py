@@ -1,0 +1,122 @@
+"""A stop ends every wait within a second: no database at start, a database or broker away."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+
+from pudato_registry import kafka
+from pudato_registry.devstack import DevStack, free_port
+from pudato_registry.sample import workload
+from pudato_registry.settings import Settings
+from tests.helpers import count_rows, drain, expected_rows, messages_of, table_rows, wait_for
+from tests.helpers import worker_process as _worker_process
+from tests.services import Services, fresh_database, produce, settings_for
+
+
+class Output:
+    """A child's output, read as it comes, so that a test can wait for a line."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.text = ""
+        self._process = process
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.text += line.decode(errors="replace")
+
+    def wait_for(self, what: str, timeout: float = 60) -> None:
+        """Until ``what`` is in the output."""
+        wait_for(lambda: what in self.text, timeout=timeout, what=f"{what!r} in the output")
+
+    def finish(self, timeout: float) -> str:
+        """Wait for the child to exit and its output to end."""
+        self._process.wait(timeout)
+        self._thread.join(timeout)
+        return self.text
+
+
+def _stopped_within(process: subprocess.Popen[bytes], output: Output, seconds: float) -> str:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    text = output.finish(timeout=30)
+    took = time.monotonic() - started
+    assert process.returncode == 0, text
+    assert took < seconds, f"took {took:.1f} s to stop:\n{text}"
+    assert "Traceback" not in text, text
+    return text
+
+
+def worker_process(settings: Settings) -> subprocess.Popen[bytes]:
+    """The worker as a child, with a long retry budget: only a stop may end its waits."""
+    return _worker_process(settings.replace(retry_max_backoff_s=30.0))
+
+
+def test_sigterm_while_the_database_is_not_there_at_start(services: Services) -> None:
+    nowhere = f"postgresql://pudato@127.0.0.1:{free_port()}/pudato"
+    settings = settings_for(services.bootstrap_servers, nowhere)
+    kafka.create_topics(settings)
+    process = worker_process(settings)
+    output = Output(process)
+    try:
+        output.wait_for("connect failed (attempt 2)")
+        text = _stopped_within(process, output, 5)
+        assert "stopped while connect was waiting to be tried again" in text
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sigterm_during_a_database_outage_mid_run_loses_nothing(
+        services: Services, dev_stack: DevStack) -> None:
+    admin = dev_stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    with fresh_database(admin, dev_stack.database_url) as url:
+        settings = settings_for(dev_stack.bootstrap_servers, url, batch_size=200)
+        kafka.create_topics(settings)
+        first, later = workload(2_000), workload(2_000, prefix="later", seed=5)
+        produce(settings, messages_of(first))
+        process = worker_process(settings)
+        output = Output(process)
+        try:
+            wait_for(lambda: count_rows(url) > 100, what="progress before the outage")
+            dev_stack.stop_postgres()
+            try:
+                produce(settings, messages_of(later))
+                output.wait_for("failed (attempt 2)")
+                _stopped_within(process, output, 5)
+            finally:
+                dev_stack.start_postgres()
+        finally:
+            if process.poll() is None:
+                process.kill()
+        drain(settings)
+        assert table_rows(url) == expected_rows(first + later)
+
+
+def test_sigterm_during_a_broker_outage_loses_nothing(
+        services: Services, dev_stack: DevStack) -> None:
+    admin = dev_stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    with fresh_database(admin, dev_stack.database_url) as url:
+        settings = settings_for(dev_stack.bootstrap_servers, url, batch_size=200)
+        kafka.create_topics(settings)
+        events = workload(3_000)
+        produce(settings, messages_of(events))
+        process = worker_process(settings)
+        output = Output(process)
+        try:
+            wait_for(lambda: count_rows(url) > 100, what="progress before the outage")
+            dev_stack.stop_kafka()
+            try:
+                _stopped_within(process, output, 5)
+            finally:
+                dev_stack.start_kafka(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        drain(settings)
+        assert table_rows(url) == expected_rows(events)
