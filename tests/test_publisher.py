@@ -214,7 +214,7 @@ def test_publish_command_sends_valid_lines_and_reports_invalid_ones(
     assert code == 1
     assert f"{source}:2: missing_field" in err
     assert f"{source}:5: not_json" in err
-    assert "published 2 events" in err
+    assert "published 2 of 2 events" in err
     assert sorted(e.event_id for e in _topic_events(s)) == sorted(e.event_id for e in good)
 
 

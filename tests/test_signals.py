@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
-from pudato_registry import kafka
+import pytest
+
+from pudato_registry import kafka, store
 from pudato_registry.devstack import DevStack, free_port
 from pudato_registry.sample import workload
 from pudato_registry.settings import Settings
@@ -120,3 +124,82 @@ def test_sigterm_during_a_broker_outage_loses_nothing(
                 process.kill()
         drain(settings)
         assert table_rows(url) == expected_rows(events)
+
+
+def test_sigterm_stops_the_bridge_during_a_broker_outage(
+        services: Services, dev_stack: DevStack) -> None:
+    from tests.test_openlineage_real import lines  # noqa: PLC0415
+
+    admin = dev_stack.database_url.rsplit("/", 1)[0] + "/postgres"
+    with fresh_database(admin, dev_stack.database_url) as url:
+        settings = settings_for(dev_stack.bootstrap_servers, url)
+        settings = settings.replace(ol_topic=f"{settings.topic}.ol",
+                                    ol_dlq_topic=f"{settings.topic}.ol.dlq",
+                                    ol_group_id=f"{settings.group_id}.ol",
+                                    retry_max_backoff_s=30.0)
+        kafka.create_topics(settings)
+        from pudato_registry import bridge  # noqa: PLC0415
+
+        bridge.create_topics(settings)
+        produce(settings, [(None, line) for line in lines("spark-failed")],
+                topic=settings.ol_topic)
+        env = {**os.environ, "PUDATO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+               "PUDATO_TOPIC": settings.topic, "PUDATO_OL_TOPIC": settings.ol_topic,
+               "PUDATO_OL_DLQ_TOPIC": settings.ol_dlq_topic,
+               "PUDATO_OL_GROUP_ID": settings.ol_group_id, "PUDATO_METRICS_PORT": "0"}
+        process = subprocess.Popen([sys.executable, "-m", "pudato_registry.cli", "openlineage",
+                                    "bridge"], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        output = Output(process)
+        try:
+            output.wait_for("bridging")
+            dev_stack.stop_kafka()
+            try:
+                _stopped_within(process, output, 5)
+            finally:
+                dev_stack.start_kafka(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        bridge.Bridge(settings).run(drain=True)
+        drain(settings)
+        [job] = table_rows(url)[0]
+        assert (job["pipeline"], job["status"]) == ("olreal_fx_convert", "failed")
+
+
+def store_has_shadow(settings: Settings) -> bool:
+    """Whether a replay's shadow tables exist."""
+    return store.shadow_bytes(settings.database_dsn) is not None
+
+
+@pytest.fixture
+def loaded_settings(settings: Settings) -> Settings:
+    """A topic of 30,000 events, applied: a replay of it takes a few seconds."""
+    produce(settings, messages_of(workload(30_000)))
+    drain(settings)
+    return settings
+
+
+def test_sigterm_stops_a_replay_before_its_swap(loaded_settings: Settings) -> None:
+    env = {**os.environ, "PUDATO_BOOTSTRAP_SERVERS": loaded_settings.bootstrap_servers,
+           "PUDATO_DATABASE_URL": loaded_settings.database_dsn,
+           "PUDATO_TOPIC": loaded_settings.topic, "PUDATO_BATCH_SIZE": "50"}
+    env.pop("PUDATO_LOG_LEVEL", None)
+    before = table_rows(loaded_settings.database_dsn)
+    process = subprocess.Popen([sys.executable, "-m", "pudato_registry.cli", "replay"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output = Output(process)
+    try:
+        wait_for(lambda: store_has_shadow(loaded_settings), what="the replay to build")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        text = output.finish(timeout=30)
+        assert time.monotonic() - started < 5
+        assert process.returncode == 1, text
+        assert "stopped as asked; nothing was swapped" in text
+        assert "Traceback" not in text
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert table_rows(loaded_settings.database_dsn) == before
+    assert not store_has_shadow(loaded_settings)

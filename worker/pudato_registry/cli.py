@@ -378,6 +378,15 @@ def _bridge(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _stop_on_signals() -> threading.Event:
+    """An event SIGTERM and Ctrl-C set (they only set it: every wait checks it)."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():  # (commands run in tests' threads)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _n, _f: stop.set())
+    return stop
+
+
 def _serve_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     """``openlineage serve``'s own flags over the settings."""
     changes: dict[str, Any] = {}
@@ -428,17 +437,24 @@ def _serve(settings: Settings) -> int:
 
 def _replay(args: argparse.Namespace, settings: Settings) -> int:
     from pudato_registry import replay  # noqa: PLC0415
-    from pudato_registry.loop import FatalError  # noqa: PLC0415
+    from pudato_registry.loop import FatalError, StoppedError  # noqa: PLC0415
 
+    stop = _stop_on_signals()
+    repair = args.since is not None or args.correlation_id is not None
     try:
-        if args.since is not None or args.correlation_id is not None:
+        if repair:
             report = replay.reapply(settings, since=args.since,
-                                    correlation_id=args.correlation_id)
+                                    correlation_id=args.correlation_id, stop=stop)
         else:
             report = replay.rebuild(settings, verify=args.verify,
-                                    accept_trimmed=args.accept_trimmed)
+                                    accept_trimmed=args.accept_trimmed, stop=stop)
     except FatalError as exc:
         log.error("replay stopped: %s", exc)
+        return 1
+    except StoppedError:
+        print("pudato-registry replay: stopped as asked; " + (
+            "the rows re-applied so far are rewritten (a repair can be run again)" if repair
+            else "nothing was swapped, the live tables are as they were"), file=sys.stderr)
         return 1
     print(report.summary())
     return 1 if args.verify and any(n for n, _ in report.differences.values()) else 0
@@ -512,12 +528,17 @@ def _publish(source: str, wait: float, settings: Settings) -> int:
     from pudato_registry.publisher import Registry  # noqa: PLC0415
     from pudato_registry.validate import Rejection, validate  # noqa: PLC0415
 
+    stop = _stop_on_signals()
     registry = Registry(settings.replace(close_timeout_s=wait))
     sent = invalid = 0
     with contextlib.ExitStack() as exits:
         lines = sys.stdin.buffer if source == "-" else exits.enter_context(
             Path(source).open("rb"))
         for number, line in enumerate(lines, start=1):
+            if stop.is_set():
+                print(f"{source}:{number}: stopped as asked; this line and the rest were not "
+                      "read", file=sys.stderr)
+                break
             if not line.strip():
                 continue
             value = line.rstrip(b"\r\n")
@@ -529,13 +550,14 @@ def _publish(source: str, wait: float, settings: Settings) -> int:
                 continue
             registry.emit(EVENT_ADAPTER.validate_json(value))  # valid, so the models agree
             sent += 1
-    registry.flush(wait)
-    registry.close()
+    # A stop cuts the wait short: what is not delivered within a second is spooled.
+    registry.close(timeout=1.0 if stop.is_set() else wait)
+    stats = registry.stats
     spooled = registry.pending()
-    print(f"published {sent - spooled} events"
+    print(f"published {stats.delivered} of {sent} events"
           + (f", {spooled} spooled in {registry.spool.path} for later" if spooled else "")
           + (f"; {invalid} invalid lines skipped" if invalid else ""), file=sys.stderr)
-    return 1 if invalid else 0
+    return 1 if invalid or stop.is_set() else 0
 
 
 def _dev_up(root: Path, settings: Settings) -> int:

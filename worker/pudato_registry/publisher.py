@@ -307,20 +307,27 @@ class SpoolingProducer:
         self._flush_to_spool()
         return remaining
 
-    def close(self) -> None:
-        """Deliver what can be delivered within ``close_timeout_s``; spool the rest. Idempotent."""
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what can be delivered within ``timeout`` s (``close_timeout_s``); spool the rest.
+
+        Idempotent. However long the broker is away, it returns within about the
+        timeout: what is not delivered by then is in the spool, for the next
+        publisher on this spool directory to re-send.
+        """
         if self._closed or self._producer is None:
             self._closed = True
             return
+        budget = self.settings.close_timeout_s if timeout is None else timeout
+        ends = time.monotonic() + budget
         if not self._healthy and not self._stop.is_set():
-            self.drain_spool(self.settings.close_timeout_s)
+            self.drain_spool(budget)
         self._closed = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         producer = self._producer
         if self._healthy:
-            producer.flush(self.settings.close_timeout_s)
+            producer.flush(max(0.0, ends - time.monotonic()))
         # What is still queued or in flight comes back through the delivery
         # reports as purged, and so into the spool.
         producer.purge()
@@ -460,9 +467,12 @@ class Registry:
         """Wait up to ``timeout`` seconds for deliveries; return how many are still pending."""
         return self.producer.flush(timeout)
 
-    def close(self) -> None:
-        """Deliver what can be delivered within ``close_timeout_s``; spool the rest. Idempotent."""
-        self.producer.close()
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what can be delivered within ``timeout`` s (``close_timeout_s``); spool the rest.
+
+        Idempotent.
+        """
+        self.producer.close(timeout)
         atexit.unregister(self.close)
 
     def pending(self) -> int:

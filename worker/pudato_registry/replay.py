@@ -24,13 +24,14 @@ its saved state (a repair; applying an event twice changes nothing).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from pudato_registry import kafka, store
-from pudato_registry.loop import apply_events, isolate, with_retries
+from pudato_registry.loop import StoppedError, apply_events, isolate, with_retries
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, validate
 from pudato_registry.wire import Event
@@ -75,8 +76,11 @@ class ReplayReport:
 
 def _fold_into(reader: kafka.PartitionReader, targets: dict[int, int], target: store.Store,
                settings: Settings, report: ReplayReport, *, rewrite: bool = False,
-               keep: Callable[[Event], bool] = lambda _e: True, wait_s: float = 0.1) -> None:
+               keep: Callable[[Event], bool] = lambda _e: True, wait_s: float = 0.1,
+               stop: threading.Event | None = None) -> None:
     for messages in reader.read_until(targets, wait_s):
+        if stop is not None and stop.is_set():
+            raise StoppedError("reading the topic")
         report.messages += len(messages)
         events = []
         for message in messages:
@@ -89,20 +93,22 @@ def _fold_into(reader: kafka.PartitionReader, targets: dict[int, int], target: s
         if events:
             # As the worker does: an event PostgreSQL refuses is set apart, the rest applied.
             done = isolate(lambda part: with_retries(
-                settings, "replay", lambda: apply_events(target, part, rewrite=rewrite)), events)
+                settings, "replay", lambda: apply_events(target, part, rewrite=rewrite),
+                stop=stop), events)
             report.applied += done.new
             report.refused += len(done.refused) + len(done.unstorable)
 
 
-def rebuild(settings: Settings, *, verify: bool = False,
-            accept_trimmed: bool = False) -> ReplayReport:
+def rebuild(settings: Settings, *, verify: bool = False, accept_trimmed: bool = False,
+            stop: threading.Event | None = None) -> ReplayReport:
     """Fold the whole topic into shadow tables; swap them in, or with ``verify`` compare.
 
     Refuses (:class:`store.ReplayRefusedError`, before building anything) while
     another replay runs; when the topic has lost its head (retention,
     ``kafka-delete-records``) unless ``accept_trimmed``; and when the swap
     would drop views, foreign keys, triggers, publications or indexes that
-    depend on the live tables.
+    depend on the live tables. ``stop`` set (a signal) ends it with
+    :class:`StoppedError` before the swap: the live tables are as they were.
     """
     dsn = settings.database_dsn
     report = ReplayReport("verify" if verify else "rebuild")
@@ -130,7 +136,7 @@ def rebuild(settings: Settings, *, verify: bool = False,
                     "after), or use --verify")
             shadow = store.Store(dsn, schema=store.SHADOW_SCHEMA)
             try:
-                _rebuild_into(reader, shadow, settings, report, verify=verify)
+                _rebuild_into(reader, shadow, settings, report, verify=verify, stop=stop)
             finally:
                 shadow.close()
         finally:
@@ -141,12 +147,12 @@ def rebuild(settings: Settings, *, verify: bool = False,
 
 
 def _rebuild_into(reader: kafka.PartitionReader, shadow: store.Store, settings: Settings,
-                  report: ReplayReport, *, verify: bool) -> None:
+                  report: ReplayReport, *, verify: bool, stop: threading.Event | None) -> None:
     dsn = settings.database_dsn
     reader.start()
     ends = reader.end_offsets()
     while True:  # catch up while the live tables stay open to everyone
-        _fold_into(reader, ends, shadow, settings, report)
+        _fold_into(reader, ends, shadow, settings, report, stop=stop)
         ends = reader.end_offsets()
         behind = sum(end - reader.positions.get(p, 0) for p, end in ends.items())
         if behind < _LOCK_WHEN_BEHIND:
@@ -155,7 +161,7 @@ def _rebuild_into(reader: kafka.PartitionReader, shadow: store.Store, settings: 
         report.differences = store.differences(dsn)
         return
     store.analyze_shadow(dsn)  # the planner knows the new tables from their first query
-    with store.locked_live_tables(dsn) as conn:
+    with store.locked_live_tables(dsn, stop=stop) as conn:
         locked = time.monotonic()
         # Under the lock the live worker cannot commit a batch, so the topic's ends as
         # they are now lie above everything it applied: catch up to them, and swap.
@@ -166,25 +172,26 @@ def _rebuild_into(reader: kafka.PartitionReader, shadow: store.Store, settings: 
 
 
 def reapply(settings: Settings, *, since: datetime | None = None,
-            correlation_id: str | None = None) -> ReplayReport:
+            correlation_id: str | None = None,
+            stop: threading.Event | None = None) -> ReplayReport:
     """Re-apply the events since a time, or of one correlation, to the live tables."""
     report = ReplayReport("since" if since is not None else "correlation")
     started = time.monotonic()
     with store.replay_lock(settings.database_dsn):
-        _reapply(settings, report, since, correlation_id)
+        _reapply(settings, report, since, correlation_id, stop)
     report.seconds = time.monotonic() - started
     return report
 
 
 def _reapply(settings: Settings, report: ReplayReport, since: datetime | None,
-             correlation_id: str | None) -> None:
+             correlation_id: str | None, stop: threading.Event | None) -> None:
     live = store.Store(settings.database_dsn)
     reader = kafka.PartitionReader(settings, settings.topic)
     try:
         reader.start(None if since is None else reader.offsets_at(since))
         _fold_into(reader, reader.end_offsets(), live, settings, report, rewrite=True,
                    keep=(lambda e: e.correlation_id == correlation_id)
-                   if correlation_id is not None else (lambda _e: True))
+                   if correlation_id is not None else (lambda _e: True), stop=stop)
     finally:
         reader.close()
         live.close()

@@ -12,6 +12,7 @@ import enum
 import hashlib
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -519,7 +520,8 @@ def unkept_dependents(dsn: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def locked_live_tables(dsn: str, *, wait_s: float = 300.0, attempt_s: float = 0.2) -> Iterator[
+def locked_live_tables(dsn: str, *, wait_s: float = 300.0, attempt_s: float = 0.2,
+                       stop: threading.Event | None = None) -> Iterator[
         psycopg.Connection[tuple[object, ...]]]:
     """A transaction holding every projection table exclusively (the worker waits meanwhile).
 
@@ -546,7 +548,9 @@ def locked_live_tables(dsn: str, *, wait_s: float = 300.0, attempt_s: float = 0.
                     "writer); nothing was swapped, try again") from None
         finally:
             conn.close()
-        time.sleep(pause)  # readers go on meanwhile
+        if (stop or threading.Event()).wait(pause):  # readers go on meanwhile
+            raise ReplayRefusedError("stopped as asked while waiting for the live tables; "
+                                     "nothing was swapped")
         pause = min(pause * 2, 5.0)
 
 
