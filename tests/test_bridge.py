@@ -132,3 +132,64 @@ def test_create_topics_makes_an_openlineage_topic_for_8_mib_run_events(
     assert kafka.max_message_bytes(made, made.ol_dlq_topic) >= 8 * 1024 * 1024
     produce(made.replace(max_message_bytes=8 * 1024 * 1024),
             [(None, b'{"x": "' + b"y" * 1_500_000 + b'"}')], topic=made.ol_topic)
+
+
+def test_the_bridge_exports_series_of_its_own(ol_settings: Settings) -> None:
+    import urllib.request  # noqa: PLC0415
+
+    lines = (SAMPLES / "python-client-parent-children.jsonl").read_bytes().splitlines()
+    produce(ol_settings, [(None, line) for line in [*lines, b"not json"]],
+            topic=ol_settings.ol_topic)
+    bridged = bridge.Bridge(ol_settings)
+    port = bridged.metrics.serve("127.0.0.1", 0)
+    try:
+        bridged.run(drain=True)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                    timeout=10) as response:
+            text = response.read().decode()
+    finally:
+        bridged.metrics.close()
+    assert f"pudato_openlineage_consumed_total {len(lines) + 1}.0" in text
+    assert f"pudato_openlineage_published_total {bridged.stats.published}.0" in text
+    assert 'pudato_openlineage_dead_lettered_total{kind="not_json"} 1.0' in text
+    assert "pudato_seconds_since_last_consumed" in text
+    assert "pudato_events_applied_total" not in text  # the worker's: the bridge applies nothing
+
+
+def test_a_taken_metrics_port_is_named_with_the_flag_to_change_it(
+        ol_settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket  # noqa: PLC0415
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        code = main(["openlineage", "bridge", "--drain", "--metrics-port", str(port),
+                     "--bootstrap-servers", ol_settings.bootstrap_servers,
+                     "--topic", ol_settings.topic])
+    finally:
+        taken.close()
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1, err
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in err
+    assert "--metrics-port" in err
+
+
+def test_the_bridge_takes_port_9109_by_default_beside_a_worker_on_9108(
+        ol_settings: Settings, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pudato_registry import logs  # noqa: PLC0415
+
+    monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
+    monkeypatch.delenv("PUDATO_METRICS_PORT", raising=False)
+    for key, value in {"PUDATO_OL_TOPIC": ol_settings.ol_topic,
+                       "PUDATO_OL_DLQ_TOPIC": ol_settings.ol_dlq_topic,
+                       "PUDATO_OL_GROUP_ID": ol_settings.ol_group_id}.items():
+        monkeypatch.setitem(os.environ, key, value)
+    with caplog.at_level("INFO"):
+        assert main(["openlineage", "bridge", "--drain",
+                     "--bootstrap-servers", ol_settings.bootstrap_servers,
+                     "--topic", ol_settings.topic]) == 0
+    assert "metrics on http://127.0.0.1:9109/metrics" in caplog.text

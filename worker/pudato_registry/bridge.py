@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -30,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from prometheus_client import Counter
 
 from pudato_registry import inputs, kafka, openlineage
-from pudato_registry.loop import StoppedError
+from pudato_registry.loop import BROKER_AWAY_S, StoppedError
 from pudato_registry.metrics import Metrics
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection
@@ -70,11 +71,22 @@ class Bridge:
         # Made at start, once the topics' limits are known (no network in constructors).
         self._producer_given = producer
         self.producer: Producer | None = producer
-        self.metrics = metrics or Metrics(stall_timeout_s=settings.stall_timeout_s)
+        self.metrics = metrics or Metrics(stall_timeout_s=settings.stall_timeout_s, worker=False)
         self._batches = kafka.Batches(self.consumer, settings.batch_size,
                                       settings.batch_max_bytes, settings.batch_timeout_s)
+        r = self.metrics.registry
+        self.consumed = Counter("pudato_openlineage_consumed", "OpenLineage messages consumed",
+                                registry=r)
+        self.published = Counter("pudato_openlineage_published",
+                                 "registry events published (acknowledged by the broker)",
+                                 registry=r)
+        self.dead_lettered = Counter("pudato_openlineage_dead_lettered",
+                                     "OpenLineage messages sent to the bridge's dead-letter "
+                                     "topic", ["kind"], registry=r)
         self.ignored = Counter("pudato_openlineage_ignored", "OpenLineage input ignored",
-                               ["kind"], registry=self.metrics.registry)
+                               ["kind"], registry=r)
+        self._broker = kafka.BrokerWatch("bridge")
+        self._lag_due = 0.0
         self.stats = BridgeStats()
         self._stop = threading.Event()
         self._assigned: set[Partition] = set()
@@ -103,6 +115,7 @@ class Bridge:
             log.info("bridging %s to %s as group %s", s.ol_topic, s.topic, s.ol_group_id)
             while not self._stop.is_set():
                 self._batch(self._batches.next())
+                self._observe()
                 self.metrics.progressed(work_pending=False)
                 if (drain and self._assigned and self._assigned <= self._at_end
                         and not self._batches.waiting):
@@ -160,9 +173,14 @@ class Bridge:
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     self._at_end.add(where)
+                    self._broker.answered()
                 elif error.fatal():
                     raise RuntimeError(f"Kafka consumer failed: {error.str()}")
+                else:
+                    self._broker.error(error)
                 continue
+            self._broker.answered()
+            self.metrics.consumed_now()
             self._at_end.discard(where)
             offsets[where] = cast(int, message.offset()) + 1
             self.stats.consumed += 1
@@ -172,7 +190,6 @@ class Bridge:
                 sources += [message] * len(result.messages)
             elif isinstance(result, Rejection):
                 letters.append((message, result.kind.value, result.message))
-                self.metrics.dead_lettered.labels(result.kind.value).inc()
             else:
                 self.stats.ignored += 1
                 self.ignored.labels(result.kind).inc()
@@ -186,8 +203,18 @@ class Bridge:
                                              for (t, p), o in offsets.items()])
         self.stats.published += len(out)
         self.stats.dead_lettered += len(letters)
-        self.metrics.consumed.inc(len(messages))
-        self.metrics.applied.inc(len(out))
+        self.consumed.inc(sum(1 for m in messages if m.error() is None))
+        self.published.inc(len(out))
+        for _message, kind, _reason in letters:
+            self.dead_lettered.labels(kind).inc()
+
+    def _observe(self) -> None:
+        """Lag every few seconds; not ready while the broker has been away a while."""
+        self.metrics.set_ready(self._broker.away_for() <= BROKER_AWAY_S)
+        now = time.monotonic()
+        if now >= self._lag_due and self._assigned:
+            self._lag_due = now + 5.0
+            self.metrics.observe_lag(kafka.lags(self.consumer, self._assigned))
 
     def _publish(self, out: list[kafka.Outgoing], sources: list[Message],
                  letters: list[tuple[Message, str, str]]) -> list[kafka.Outgoing]:
@@ -241,6 +268,7 @@ class Bridge:
         self._assigned -= lost
         self._at_end -= lost
         self._batches.forget(lost)
+        self.metrics.forget_lag(lost)
         try:
             consumer.commit(asynchronous=False)
         except Exception as exc:  # nothing stored yet, or partitions already gone

@@ -334,7 +334,14 @@ def _run_service(service: _Service, settings: Settings, *, drain: bool) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _n, _f: service.request_stop())
     if settings.metrics_port:
-        port = service.metrics.serve(settings.metrics_host, settings.metrics_port)
+        try:
+            port = service.metrics.serve(settings.metrics_host, settings.metrics_port)
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+                f"{exc.strerror or exc} (another worker or bridge on this host?); choose "
+                "another port with --metrics-port (PUDATO_METRICS_PORT), or 0 to serve "
+                "none") from None
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     try:
         service.run(drain=drain)
@@ -365,9 +372,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+BRIDGE_METRICS_PORT = 9109  # the worker has 9108: both run on one host by default
+
+
 def _bridge(args: argparse.Namespace, settings: Settings) -> int:
     from pudato_registry import bridge  # noqa: PLC0415
 
+    if "metrics_port" not in settings.model_fields_set:  # neither flag nor variable
+        settings = settings.replace(metrics_port=BRIDGE_METRICS_PORT)
     if args.create_topics:
         bridge.create_topics(settings)
     running = bridge.Bridge(settings)

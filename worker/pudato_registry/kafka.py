@@ -96,6 +96,47 @@ def deliver(producer: Producer, topic: str, messages: Iterable[Outgoing],
     return count
 
 
+class BrokerWatch:
+    """Whether a consumer's broker is away: transport errors, unbroken by any message or end.
+
+    librdkafka reconnects by itself; this only tells the loop how long it has been
+    away (for readiness) and logs one line when it goes and one when it is back.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+
+    def error(self, error: KafkaError) -> None:
+        """A consumer error: the start of an outage if it is a transport one."""
+        if error.code() in TRANSPORT_ERRORS and self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s: Kafka is away (%s); the client reconnects by itself",
+                        self.what, error.str())
+
+    def answered(self) -> None:
+        """A message or a partition's end came: the broker is there."""
+        if self.since is not None:
+            log.info("%s: Kafka answers again after %.0f s", self.what,
+                     time.monotonic() - self.since)
+            self.since = None
+
+    def away_for(self) -> float:
+        """Seconds the broker has been away (0 while it answers)."""
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+
+def lags(consumer: Consumer, assigned: Iterable[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """(topic, partition, messages behind its end) of the assigned partitions, from cache."""
+    partitions = [TopicPartition(t, p) for t, p in sorted(assigned)]
+    out = []
+    for position in consumer.position(partitions):
+        _low, high = consumer.get_watermark_offsets(position, cached=True)
+        if position.offset >= 0 and high >= 0:
+            out.append((position.topic, position.partition, high - position.offset))
+    return out
+
+
 def answers(client: Consumer | Producer, topic: str, timeout: float = 1.0) -> bool:
     """Whether the broker answers a metadata request for ``topic`` within ``timeout`` s."""
     try:

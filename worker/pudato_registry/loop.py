@@ -382,7 +382,7 @@ class Worker:
         self._lag_due = 0.0
         self._behind = 0  # messages behind, over the assigned partitions, as last observed
         self._consume_errors: set[int] = set()
-        self._broker_trouble_since: float | None = None  # transport errors, unbroken since
+        self._broker = kafka.BrokerWatch("worker")
         self._batches = kafka.Batches(self.consumer, settings.batch_size,
                                       settings.batch_max_bytes, settings.batch_timeout_s)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
@@ -484,8 +484,7 @@ class Worker:
             return
         if error.fatal():
             raise FatalError(f"Kafka consumer failed: {error.str()}")
-        if error.code() in kafka.TRANSPORT_ERRORS and self._broker_trouble_since is None:
-            self._broker_trouble_since = time.monotonic()
+        self._broker.error(error)
         # librdkafka reconnects by itself; say so once per kind of error.
         if error.code() not in self._consume_errors:
             self._consume_errors.add(error.code())
@@ -493,17 +492,14 @@ class Worker:
 
     def _broker_answers(self) -> None:
         """A message or an end of partition came: the broker is there."""
-        if self._broker_trouble_since is not None:
-            log.info("Kafka answers again after %.0f s", time.monotonic() -
-                     self._broker_trouble_since)
-            self._broker_trouble_since = None
+        if self._broker.since is not None:
+            self._broker.answered()
             self._consume_errors.clear()
             self.metrics.set_ready(True)
 
     def _check_broker(self) -> None:
         """Not ready once the broker has been away for a while (a blip is not an outage)."""
-        since = self._broker_trouble_since
-        if since is not None and time.monotonic() - since > BROKER_AWAY_S:
+        if self._broker.away_for() > BROKER_AWAY_S:
             self.metrics.set_ready(False)
 
     def _process(self, batch: Batch, started: float) -> None:
@@ -702,12 +698,7 @@ class Worker:
         if now < self._lag_due or not self._assigned:
             return
         self._lag_due = now + 5.0
-        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        lags = []
-        for position in self.consumer.position(partitions):
-            _low, high = self.consumer.get_watermark_offsets(position, cached=True)
-            if position.offset >= 0 and high >= 0:
-                lags.append((position.topic, position.partition, high - position.offset))
+        lags = kafka.lags(self.consumer, self._assigned)
         self.metrics.observe_lag(lags)
         self._behind = sum(lag for _t, _p, lag in lags)
 

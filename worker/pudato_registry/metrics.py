@@ -100,11 +100,12 @@ class Metrics:
     """The worker's collectors, and readiness as the loop reports it."""
 
     def __init__(self, stall_timeout_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, worker: bool = True) -> None:
         self.stall_timeout_s = stall_timeout_s
         self._clock = clock
         self.registry = CollectorRegistry()
-        r = self.registry
+        # A bridge serves the same endpoints with series of its own (bridge.py).
+        r = self.registry if worker else CollectorRegistry()
         self.consumed = Counter("pudato_events_consumed", "messages consumed", registry=r)
         self.applied = Counter("pudato_events_applied", "new events applied to the tables",
                                registry=r)
@@ -115,7 +116,7 @@ class Metrics:
                                      ["kind"], registry=r)
         self.batches = Counter("pudato_batches", "batches committed", registry=r)
         self.retries = Counter("pudato_retries", "transient failures retried", ["operation"],
-                               registry=r)
+                               registry=self.registry)
         self.batch_seconds = Histogram("pudato_batch_seconds",
                                        "time to validate, fold and commit one batch",
                                        buckets=_LATENCY_BUCKETS, registry=r)
@@ -123,11 +124,11 @@ class Metrics:
                                           "commit time minus the event's occurred_at",
                                           _LATENCY_BUCKETS, r)
         self.lag = Gauge("pudato_consumer_lag", "messages behind the partition's end",
-                         ["topic", "partition"], registry=r)
+                         ["topic", "partition"], registry=self.registry)
         self._last_consumed: float | None = None
         self.since_consumed = Gauge("pudato_seconds_since_last_consumed",
                                     "seconds since a message was last consumed (-1: none yet)",
-                                    registry=r)
+                                    registry=self.registry)
         self.since_consumed.set_function(
             lambda: -1.0 if self._last_consumed is None else clock() - self._last_consumed)
         self._ready = False
