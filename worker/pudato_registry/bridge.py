@@ -64,7 +64,11 @@ class Bridge:
         self._decode_given = decode
         self.decode = decode or inputs.decoder(settings.input_format, settings)
         self.publish_limit = settings.max_message_bytes
+        self._member = kafka.MemberSlot("bridge", settings.ol_group_id,
+                                        settings.group_instance_id)
+        self._broker = kafka.BrokerWatch("bridge")
         self.consumer = consumer or kafka.make_consumer(settings, **{
+            **self._member.config(), "error_cb": self._broker.error,
             "group.id": settings.ol_group_id, "client.id": "pudato-openlineage-bridge",
             # A RunEvent may be 8 MiB (column lineage, plans).
             "max.partition.fetch.bytes": openlineage.INPUT_MAX_BYTES + 1024})
@@ -85,7 +89,6 @@ class Bridge:
                                      "topic", ["kind"], registry=r)
         self.ignored = Counter("pudato_openlineage_ignored", "OpenLineage input ignored",
                                ["kind"], registry=r)
-        self._broker = kafka.BrokerWatch("bridge")
         self._lag_due = 0.0
         self.stats = BridgeStats()
         self._stop = threading.Event()
@@ -134,6 +137,7 @@ class Bridge:
                         "RunEvents are bridged again on the next start")
         else:
             self.consumer.close()
+        self._member.release()
         if self.producer is not None:
             # What was acknowledged has its offsets stored; the rest is sent again later.
             self.producer.flush(1.0 if self._stop.is_set() else 10.0)
@@ -210,6 +214,9 @@ class Bridge:
 
     def _observe(self) -> None:
         """Lag every few seconds; not ready while the broker has been away a while."""
+        if self._broker.probe_due() and kafka.answers(self.consumer, self.settings.ol_topic,
+                                                      0.5):
+            self._broker.answered()
         self.metrics.set_ready(self._broker.away_for() <= BROKER_AWAY_S)
         now = time.monotonic()
         if now >= self._lag_due and self._assigned:

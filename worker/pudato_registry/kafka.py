@@ -7,13 +7,18 @@ caller polls, produces or asks the admin client something.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
+import socket
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 from confluent_kafka import (
@@ -106,6 +111,7 @@ class BrokerWatch:
     def __init__(self, what: str) -> None:
         self.what = what
         self.since: float | None = None
+        self._probe_at = 0.0
 
     def error(self, error: KafkaError) -> None:
         """A consumer error: the start of an outage if it is a transport one."""
@@ -124,6 +130,14 @@ class BrokerWatch:
     def away_for(self) -> float:
         """Seconds the broker has been away (0 while it answers)."""
         return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def probe_due(self, every_s: float = 2.0) -> bool:
+        """Whether to ask the broker again now (at most every ``every_s`` while away)."""
+        now = time.monotonic()
+        if self.since is None or now < self._probe_at:
+            return False
+        self._probe_at = now + every_s
+        return True
 
 
 def lags(consumer: Consumer, assigned: Iterable[tuple[str, int]]) -> list[tuple[str, int, int]]:
@@ -243,6 +257,47 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
 def make_consumer(settings: Settings, **overrides: Any) -> Consumer:
     """Build (not connect) the worker's consumer."""
     return Consumer(consumer_config(settings, **overrides))
+
+
+class MemberSlot:
+    """A stable name for one consumer of a group on this host: ``group.instance.id``.
+
+    Static membership: a member that comes back under the same name within the
+    session timeout (a restart, or the broker's) gets its partitions back at once,
+    without the group waiting for its old session to expire. The name is the
+    role, the host and the lowest slot number no other process of this host holds
+    (a lock file), so the first worker is always ``worker-HOST-0``.
+    """
+
+    def __init__(self, role: str, group: str, configured: str | None) -> None:
+        self._fd: int | None = None
+        if configured is not None:
+            self.instance_id: str | None = None if configured == "off" else configured
+            return
+        folder = Path(tempfile.gettempdir()) / "pudato-registry-members"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        tag = hashlib.sha256(group.encode()).hexdigest()[:12]
+        for slot in range(4096):
+            fd = os.open(folder / f"{tag}-{role}-{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._fd = fd
+            self.instance_id = f"{role}-{socket.gethostname()}-{slot}"[:200]
+            return
+        self.instance_id = None  # every slot taken: dynamic membership
+
+    def config(self) -> dict[str, str]:
+        """The consumer settings that make the membership static (none if it is not)."""
+        return {} if self.instance_id is None else {"group.instance.id": self.instance_id}
+
+    def release(self) -> None:
+        """Free the slot for the next process (the consumer is closed)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def make_producer(settings: Settings, **overrides: Any) -> Producer:

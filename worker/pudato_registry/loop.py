@@ -371,7 +371,10 @@ class Worker:
                  producer: Producer | None = None, store: Store | None = None,
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.consumer = consumer or kafka.make_consumer(settings)
+        self._member = kafka.MemberSlot("worker", settings.group_id, settings.group_instance_id)
+        self._broker = kafka.BrokerWatch("worker")
+        self.consumer = consumer or kafka.make_consumer(
+            settings, **self._member.config(), error_cb=self._broker.error)
         self.producer = producer or kafka.make_producer(settings, **{"client.id": "pudato-dlq"})
         self.store = store or Store(settings.database_dsn)
         self.metrics = metrics or Metrics(stall_timeout_s=settings.stall_timeout_s)
@@ -382,7 +385,6 @@ class Worker:
         self._lag_due = 0.0
         self._behind = 0  # messages behind, over the assigned partitions, as last observed
         self._consume_errors: set[int] = set()
-        self._broker = kafka.BrokerWatch("worker")
         self._batches = kafka.Batches(self.consumer, settings.batch_size,
                                       settings.batch_max_bytes, settings.batch_timeout_s)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
@@ -499,7 +501,11 @@ class Worker:
 
     def _check_broker(self) -> None:
         """Not ready once the broker has been away for a while (a blip is not an outage)."""
-        if self._broker.away_for() > BROKER_AWAY_S:
+        if self._broker.since is None:
+            return
+        if self._broker.probe_due() and kafka.answers(self.consumer, self.settings.topic, 0.5):
+            self._broker_answers()  # back, though nothing new came to say so
+        elif self._broker.away_for() > BROKER_AWAY_S:
             self.metrics.set_ready(False)
 
     def _process(self, batch: Batch, started: float) -> None:
@@ -712,9 +718,11 @@ class Worker:
                         "events are read again on the next start and dropped as repeats")
             self.producer.flush(1.0)
             self.store.close()
+            self._member.release()
             return
         self._commit_offsets(self.consumer)
         self.consumer.close()
+        self._member.release()
         # Every dead letter of a stored offset was acknowledged; what is left belongs
         # to a batch that will be read again: a stop need not wait for a broker away.
         self.producer.flush(1.0 if self._stop.is_set() else 10.0)

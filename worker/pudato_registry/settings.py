@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     topic: str = Field(DEFAULT_TOPIC, description="the event topic")
     dlq_topic: str = Field(DEFAULT_DLQ_TOPIC, description="the dead-letter topic")
     group_id: str = Field("pudato-registry", description="the worker's consumer group")
+    group_instance_id: str | None = Field(
+        None, description="static group membership: this process's member name (default: "
+        "the role, the host and the lowest slot free on it, stable across restarts; \"off\": "
+        "dynamic membership)")
     # Large: when many runs overlap, the more of an entity's events one batch
     # holds, the fewer times its row and state are rewritten (a replay or a
     # catch-up drains 15 % faster than with 5,000). Under light load a batch
