@@ -25,7 +25,7 @@ def test_redrive_after_a_fix_applies_each_letter_once(
     produce(settings, [(b"k", b"not json")])
     # A limit too small for the bigger events: they are dead-lettered as too large.
     drain(settings.replace(max_message_bytes=450))
-    assert main(["dlq", "list", "--json", *_args(settings)]) == 0
+    assert main(["dlq", "list", "--json", "--limit", "1000", *_args(settings)]) == 0
     letters = json.loads(capsys.readouterr().out)
     too_large = [d for d in letters if d["kind"] == "too_large"]
     assert too_large

@@ -27,3 +27,28 @@ def test_table_aligns_columns_and_shows_times_to_the_millisecond() -> None:
         "a       2026-11-01 12:00:00.123",
         "longer",
     ]
+
+
+def test_bidirectional_and_invisible_controls_are_escaped_in_tables_and_json() -> None:
+    from pudato_registry.present import safe  # noqa: PLC0415
+
+    sneaky = "job\u202egnp.exe\u2066x\u2069\u200b\ufeff"
+    assert safe(sneaky) == "job\\u202egnp.exe\\u2066x\\u2069\\u200b\\ufeff"
+    assert "\u202e" not in table([{"job_id": sneaky}], ["job_id"])
+    text = as_json([{"job_id": sneaky}])
+    assert "\u202e" not in text
+    assert "\u2066" not in text
+    assert json.loads(text) == [{"job_id": sneaky}]  # still the same value to a script
+
+
+def test_the_latency_histogram_leaves_out_events_outside_its_window() -> None:
+    from pudato_registry.metrics import Metrics  # noqa: PLC0415
+
+    metrics = Metrics()
+    year_9999, year_1 = -2.5e11, 6.4e10  # commit minus occurred_at, in seconds
+    metrics.observe_latencies([0.05, 0.2, year_9999, year_1, 7200.0], window_s=3600.0)
+    histogram = {s.name: s.value for f in metrics.event_to_row.collect() for s in f.samples}
+    assert histogram["pudato_event_to_row_seconds_count"] == 2
+    assert abs(histogram["pudato_event_to_row_seconds_sum"] - 0.25) < 1e-9
+    assert metrics.outside_window.labels("past")._value.get() == 2
+    assert metrics.outside_window.labels("future")._value.get() == 1

@@ -139,3 +139,28 @@ def test_lineage_depth_is_capped(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["lineage", "x", "--upstream", "--depth", "21"])
     assert "at most 20 hops" in capsys.readouterr().err
+
+
+def test_jobs_show_and_dlq_list_are_bounded_with_a_more_line(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from pudato_registry import factory  # noqa: PLC0415
+    from tests.helpers import drain  # noqa: PLC0415
+    from tests.services import produce  # noqa: PLC0415
+
+    events: list[Event] = [factory.job_submitted("wide", pipeline="p")]
+    events += [factory.step_started("wide", f"s{n:03d}", step_name=f"s{n}", handler_type="h",
+                                    action="a") for n in range(30)]
+    produce(settings, [(b"wide", factory.encode(e)) for e in events]
+            + [(b"bad", b"not json")] * 7)
+    drain(settings)
+    common = ["--database-url", settings.database_dsn, "--bootstrap-servers",
+              settings.bootstrap_servers, "--topic", settings.topic,
+              "--dlq-topic", settings.dlq_topic]
+    assert main(["jobs", "show", "wide", "--limit", "10", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" running ") == 10
+    assert "... and 20 more steps, not shown: raise --limit (now 10)" in out
+    assert main(["dlq", "list", "--limit", "3", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.count("not_json") == 3
+    assert "... and 4 more dead letters, not shown: raise --limit (now 3)" in out

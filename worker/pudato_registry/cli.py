@@ -139,6 +139,8 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", parents=[common], help="list the dead letters")
     dlq_list.add_argument("--json", action="store_true")
+    dlq_list.add_argument("--limit", type=_count, default=100,
+                          help="at most this many letters (100); a line says how many more")
     redrive = dlq_sub.add_parser("redrive", parents=[common],
                                  help="re-publish dead letters to the event topic, once each")
     redrive.add_argument("--kind", help="only letters of this error kind")
@@ -158,6 +160,8 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     show = jobs_sub.add_parser("show", parents=[common], help="a job and its steps")
     show.add_argument("job_id")
     show.add_argument("--json", action="store_true")
+    show.add_argument("--limit", type=_count, default=1000,
+                      help="at most this many steps (1,000); a line says how many more")
 
     lineage = sub.add_parser("lineage", parents=[common],
                              help="steps that produced or consumed a location")
@@ -477,12 +481,16 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from pudato_registry.present import as_json, table  # noqa: PLC0415
 
     if args.dlq_command == "list":
+        letters, more = dlq.read(settings, args.limit)
         rows = [{"partition": d.partition, "offset": d.offset, "kind": d.kind,
                  "error": d.error, "source": d.source, "dead_lettered_at": d.dead_lettered_at,
-                 "preview": d.preview()} for d in dlq.read_all(settings)]
+                 "preview": d.preview()} for d in letters]
         print(as_json(rows) if args.json else table(
             rows, ["partition", "offset", "kind", "source", "dead_lettered_at", "error",
                    "preview"]))
+        if more:
+            print(f"... and {more} more dead letters, not shown: raise --limit (now "
+                  f"{args.limit})", file=sys.stderr if args.json else sys.stdout)
         return 0
     report = dlq.redrive(settings, kind=args.kind, since=args.since)
     print(f"redrive: {report.selected} selected, {report.redriven} re-published to "
@@ -520,18 +528,21 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
             found, ["job_id", "pipeline", "environment", "namespace", "status", "created_at",
                     "started_at", "completed_at", "error"]))
         return 0
-    job, steps = queries.job_with_steps(dsn, args.job_id)
+    job, steps, more = queries.job_with_steps(dsn, args.job_id, args.limit)
     if job is None:
-        print(f"no job {args.job_id!r}", file=sys.stderr)
+        print(f"no job {safe(repr(args.job_id))}", file=sys.stderr)
         return 1
     if args.json:
         print(as_json({"job": job, "steps": steps}))
-        return 0
-    print(table([job], ["job_id", "pipeline", "status", "created_at", "started_at",
-                        "completed_at", "error"]))
-    print()
-    print(table(steps, ["step_name", "status", "started_at", "completed_at", "duration_ms",
-                        "error"]))
+    else:
+        print(table([job], ["job_id", "pipeline", "status", "created_at", "started_at",
+                            "completed_at", "error"]))
+        print()
+        print(table(steps, ["step_name", "status", "started_at", "completed_at",
+                            "duration_ms", "error"]))
+    if more:
+        print(f"... and {more} more steps, not shown: raise --limit (now {args.limit})",
+              file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

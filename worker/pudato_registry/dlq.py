@@ -88,19 +88,32 @@ class DeadLetter:
 
 def read_all(settings: Settings) -> list[DeadLetter]:
     """Every message of the dead-letter topic, by partition and offset."""
+    return read(settings)[0]
+
+
+def read(settings: Settings, limit: int | None = None) -> tuple[list[DeadLetter], int]:
+    """The first ``limit`` dead letters by partition and offset, and how many more there are.
+
+    Memory holds at most ``limit`` letters, however many the topic has.
+    """
     reader = kafka.PartitionReader(settings, settings.dlq_topic)
     letters: list[DeadLetter] = []
+    seen = 0
     try:
         reader.start()
         for batch in reader.read_until(reader.end_offsets()):
+            seen += len(batch)
             letters.extend(
                 DeadLetter(m.partition() or 0, m.offset() or 0, m.key(), m.value(),
                            kafka.headers_dict(m.headers()))
                 for m in batch
             )
+            letters.sort(key=lambda d: (d.partition, d.offset))
+            if limit is not None:
+                del letters[limit:]
     finally:
         reader.close()
-    return sorted(letters, key=lambda d: (d.partition, d.offset))
+    return letters, seen - len(letters)
 
 
 def select(letters: Sequence[DeadLetter], *, kind: str | None = None,

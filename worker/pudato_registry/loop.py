@@ -646,7 +646,8 @@ class Worker:
             m.dead_lettered.labels(kind.value).inc()
         m.batches.inc()
         m.batch_seconds.observe(seconds)
-        m.event_to_row.observe_many(committed_at - e.occurred_at.timestamp() for e in batch.events)
+        m.observe_latencies((committed_at - e.occurred_at.timestamp() for e in batch.events),
+                            self.settings.latency_window_s)
         m.set_ready(True)
 
     # --- the two side effects ----------------------------------------------------

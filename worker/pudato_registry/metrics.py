@@ -123,6 +123,10 @@ class Metrics:
         self.event_to_row = BulkHistogram("pudato_event_to_row_seconds",
                                           "commit time minus the event's occurred_at",
                                           _LATENCY_BUCKETS, r)
+        self.outside_window = Counter(
+            "pudato_event_to_row_outside_window",
+            "events left out of pudato_event_to_row_seconds: occurred too long before their "
+            "commit (past: a backfill) or after it (future: a wrong clock)", ["side"], registry=r)
         self.lag = Gauge("pudato_consumer_lag", "messages behind the partition's end",
                          ["topic", "partition"], registry=self.registry)
         self._last_consumed: float | None = None
@@ -154,6 +158,26 @@ class Metrics:
         """Record (topic, partition, lag) of the assigned partitions."""
         for topic, partition, lag in lags:
             self.lag.labels(topic, str(partition)).set(lag)
+
+    def observe_latencies(self, seconds: Iterable[float], window_s: float) -> None:
+        """Event-to-row latencies: those in the window into the histogram, the rest counted.
+
+        So that one backfill of last year's events (or an event dated year 9999)
+        cannot make the histogram's sum and mean say nothing.
+        """
+        kept, past, future = [], 0, 0
+        for value in seconds:
+            if value > window_s:
+                past += 1
+            elif value < -60.0:
+                future += 1
+            else:
+                kept.append(value)
+        self.event_to_row.observe_many(kept)
+        if past:
+            self.outside_window.labels("past").inc(past)
+        if future:
+            self.outside_window.labels("future").inc(future)
 
     def forget_lag(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Partitions no longer assigned: their lag is another member's to say."""

@@ -1,9 +1,11 @@
 """Plain-text tables and JSON for the commands' output.
 
 Event data reaches a terminal here, so every control character in it (C0,
-DEL, C1: ESC, BEL, CSI ...) is shown escaped, never sent as is: an event
-cannot move the cursor, ring the bell or retitle the window of the person
-reading ``jobs``, ``lineage`` or ``dlq list``.
+DEL, C1: ESC, BEL, CSI ...) and every bidirectional or invisible format
+character (U+202E, U+2066-U+2069 ...) is shown escaped, never sent as is: an
+event cannot move the cursor, ring the bell, retitle the window or reverse
+the text of the person reading ``jobs``, ``lineage``, ``dlq list`` or
+``replay --verify``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import msgspec
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 _CONTROL.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
+# Bidirectional and invisible format controls: "\u202e" in a job id would show the
+# rest of a line reversed; they are escaped in text and in JSON alike.
+_FORMAT = {c: f"\\u{c:04x}" for c in (0x061C, 0x200B, 0x200C, 0x200D, 0x200E, 0x200F,
+                                      *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0xFEFF)}
+_CONTROL.update(_FORMAT)
 _C1 = {c: f"\\u{c:04x}" for c in range(0x80, 0xA0)}  # JSON escapes C0 itself
+_C1.update(_FORMAT)
 
 
 def safe(text: str) -> str:

@@ -32,16 +32,26 @@ def all_steps(dsn: str) -> list[dict[str, Any]]:
         return _rows(conn, "pudato_job_steps", STEP_COLUMNS, "step_id")
 
 
-def job_with_steps(dsn: str, job_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """One job and its steps (by start time), or (None, []) if it is unknown."""
+def job_with_steps(dsn: str, job_id: str, limit: int = 1000) -> tuple[
+        dict[str, Any] | None, list[dict[str, Any]], int]:
+    """One job, its first ``limit`` steps (by start time) and how many more it has.
+
+    (None, [], 0) if the job is unknown.
+    """
     with connect(dsn) as conn:
         jobs = _rows(conn, "pudato_jobs", JOB_COLUMNS, "job_id", where="WHERE job_id = %s",
                      params=(job_id,))
         with conn.cursor(row_factory=dict_row) as cur:
             cur.execute(f"SELECT {', '.join(STEP_COLUMNS)} FROM pudato_job_steps "
-                        "WHERE job_id = %s ORDER BY started_at NULLS LAST, step_id", (job_id,))
+                        "WHERE job_id = %s ORDER BY started_at NULLS LAST, step_id LIMIT %s",
+                        (job_id, limit + 1))
             steps = cur.fetchall()
-    return (jobs[0] if jobs else None), steps
+        more = 0
+        if len(steps) > limit:
+            row = conn.execute("SELECT count(*) FROM pudato_job_steps WHERE job_id = %s",
+                               (job_id,)).fetchone()
+            more, steps = (int(str(row[0])) if row else 0) - limit, steps[:limit]
+    return (jobs[0] if jobs else None), steps, more
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from datetime import datetime
 
 from pudato_registry import kafka, store
 from pudato_registry.loop import StoppedError, apply_events, isolate, with_retries
+from pudato_registry.present import safe
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, validate
 from pudato_registry.wire import Event
@@ -69,8 +70,8 @@ class ReplayReport:
             lines.append(f"swapped in; readers blocked {self.locked_seconds * 1000:.0f} ms "
                          "(the live tables were locked that long)")
         for table, (count, keys) in self.differences.items():
-            lines.append(f"{table}: {count} rows differ" + (f" (e.g. {', '.join(keys)})"
-                                                             if keys else ""))
+            shown = ", ".join(safe(key) for key in keys)
+            lines.append(f"{table}: {count} rows differ" + (f" (e.g. {shown})" if keys else ""))
         return "\n".join(lines)
 
 

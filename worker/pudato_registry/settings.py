@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         240.0, gt=0, description="how long a transient failure is retried before the worker exits"
     )
     retry_max_backoff_s: float = Field(10.0, gt=0, description="cap of one retry's backoff")
+    latency_window_s: float = Field(
+        3600.0, gt=0, description="pudato_event_to_row_seconds counts events committed at most "
+        "this long after their occurred_at (and at most a minute before it); the others, a "
+        "backfill or a wrong clock, are counted apart")
     stall_timeout_s: float = Field(
         300.0, gt=0, description="/healthz fails after this long without progress while the "
         "worker has work; keep it above retry_timeout_s")
