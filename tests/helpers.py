@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +28,17 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.05)
+
+
+def answers(url: str) -> bool:
+    """Whether a GET of ``url`` gets an answer (any status below 500) within 2 s."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - the tests' own servers
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except OSError:
+        return False
 
 
 def drain(settings: Settings) -> Worker:

@@ -25,7 +25,7 @@ from pudato_registry import receiver
 from pudato_registry.devstack import free_port
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, validate
-from tests.helpers import wait_for
+from tests.helpers import answers, wait_for
 from tests.services import read_topic
 from tests.test_openlineage import SAMPLES
 
@@ -179,15 +179,8 @@ def test_the_serve_command_answers_and_stops_on_sigterm(settings: Settings,
                                stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1])
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310
-                return True
-        except OSError:
-            return False
-
     try:
-        wait_for(up, what="the receiver to listen")
+        wait_for(lambda: answers(f"{url}/healthz"), what="the receiver to listen")
         assert _post(url, PARENT_CHILDREN[0])[0] == 401
         assert _post(url, PARENT_CHILDREN[0], key="s3cret")[0] == 201
         idle = socket.create_connection(("127.0.0.1", port))

@@ -26,7 +26,7 @@ from pydantic import SecretStr, ValidationError
 from pudato_registry import receiver
 from pudato_registry.devstack import free_port
 from pudato_registry.settings import Settings
-from tests.helpers import wait_for
+from tests.helpers import answers, wait_for
 from tests.test_receiver import PARENT_CHILDREN, _post
 
 
@@ -160,15 +160,8 @@ def test_sigterm_answers_what_is_in_flight_and_logs_no_traceback(settings: Setti
                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
-    def up() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=2):  # noqa: S310
-                return True
-        except OSError:
-            return False
-
     try:
-        wait_for(up, what="the receiver to listen")
+        wait_for(lambda: answers(f"{url}/healthz"), what="the receiver to listen")
         idle = socket.create_connection(("127.0.0.1", port))
         partial = socket.create_connection(("127.0.0.1", port))
         partial.sendall(b"POST /api/v1/lineage HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
@@ -180,10 +173,10 @@ def test_sigterm_answers_what_is_in_flight_and_logs_no_traceback(settings: Setti
             started = time.monotonic()
             process.send_signal(signal.SIGTERM)
             output = process.communicate(timeout=30)[0].decode()
-            answers = [post.result() for post in posts]
+            replies = [post.result() for post in posts]
         assert process.returncode == 0, output
         assert time.monotonic() - started < 5
-        assert {(status, str(body["error"])) for status, body in answers} == {
+        assert {(status, str(body["error"])) for status, body in replies} == {
             (503, "the receiver is stopping; try again")}
         assert "Traceback" not in output, output
         assert "receiver stopped" in output

@@ -56,6 +56,20 @@ def _stopped_within(process: subprocess.Popen[bytes], output: Output, seconds: f
     return text
 
 
+def _stopped_during_a_broker_outage(process: subprocess.Popen[bytes], output: Output,
+                                    stack: DevStack) -> None:
+    """Stop the broker, SIGTERM the child: it must be gone within 5 s; the broker comes back."""
+    try:
+        stack.stop_kafka()
+        try:
+            _stopped_within(process, output, 5)
+        finally:
+            stack.start_kafka(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def worker_process(settings: Settings) -> subprocess.Popen[bytes]:
     """The worker as a child, with a long retry budget: only a stop may end its waits."""
     return _worker_process(settings.replace(retry_max_backoff_s=30.0))
@@ -112,16 +126,8 @@ def test_sigterm_during_a_broker_outage_loses_nothing(
         produce(settings, messages_of(events))
         process = worker_process(settings)
         output = Output(process)
-        try:
-            wait_for(lambda: count_rows(url) > 100, what="progress before the outage")
-            dev_stack.stop_kafka()
-            try:
-                _stopped_within(process, output, 5)
-            finally:
-                dev_stack.start_kafka(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        wait_for(lambda: count_rows(url) > 100, what="progress before the outage")
+        _stopped_during_a_broker_outage(process, output, dev_stack)
         drain(settings)
         assert table_rows(url) == expected_rows(events)
 
@@ -151,16 +157,8 @@ def test_sigterm_stops_the_bridge_during_a_broker_outage(
                                     "bridge"], env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT)
         output = Output(process)
-        try:
-            output.wait_for("bridging")
-            dev_stack.stop_kafka()
-            try:
-                _stopped_within(process, output, 5)
-            finally:
-                dev_stack.start_kafka(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
+        output.wait_for("bridging")
+        _stopped_during_a_broker_outage(process, output, dev_stack)
         bridge.Bridge(settings).run(drain=True)
         drain(settings)
         [job] = table_rows(url)[0]

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from pudato_registry import events, wire
 from pudato_registry.validate import Rejection, RejectionKind, validate
+from tests.fuzz import places
 
 MODELS = {cls.__name__: cls for cls in get_args(get_args(events.Event)[0])}
 DECODED = {cls.__name__: cls for cls in get_args(wire.Event)}
@@ -89,22 +90,12 @@ def _valid(kind: str) -> dict[str, Any]:
     return message
 
 
-def _places(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every key or index path inside a message."""
-    found = [path] if path else []
-    items = value.items() if isinstance(value, dict) else enumerate(value) \
-        if isinstance(value, list) else ()
-    for key, inner in items:
-        found += _places(inner, (*path, key))
-    return found
-
-
 @st.composite
 def messages(draw: st.DrawFn) -> dict[str, Any]:
     """A valid message of any type with up to three edits: a value replaced, or a key removed."""
     message = _valid(draw(st.sampled_from(events.EVENT_TYPES)))
     for _ in range(draw(st.sampled_from((0, 1, 1, 2, 3)))):
-        *parent_path, last = draw(st.sampled_from(_places(message)))
+        *parent_path, last = draw(st.sampled_from(places(message)))
         parent = message
         for key in parent_path:
             parent = parent[key]
