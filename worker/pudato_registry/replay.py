@@ -170,6 +170,7 @@ def _rebuild_into(reader: kafka.PartitionReader, shadow: store.Store, settings: 
         _fold_into(reader, reader.end_offsets(), shadow, settings, report, wait_s=0.01)
         store.swap_in_shadow(conn)
     report.locked_seconds = time.monotonic() - locked
+    store.drop_retired(dsn)
 
 
 def reapply(settings: Settings, *, since: datetime | None = None,

@@ -581,7 +581,14 @@ def swap_in_shadow(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     for table in PROJECTION_TABLES:
         conn.execute(f"ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA {live}")
         conn.execute(f"ALTER TABLE {live}.{table} RESET (autovacuum_enabled)")
-    conn.execute(f"DROP SCHEMA {RETIRED_SCHEMA} CASCADE")
+    # The old tables are dropped after the lock is released (drop_retired): removing
+    # a million rows' files and indexes is no reason to keep readers waiting.
+
+
+def drop_retired(dsn: str) -> None:
+    """Remove the tables a swap retired, outside its lock."""
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {RETIRED_SCHEMA} CASCADE")
 
 
 def differences(dsn: str, sample: int = 5) -> dict[str, tuple[int, list[str]]]:
