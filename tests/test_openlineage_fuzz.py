@@ -46,6 +46,8 @@ def test_no_mutation_of_a_captured_run_event_makes_the_translator_raise(
         "dataQualityAssertions": {"assertions": 5}}}], "eventType": "FAIL"},
     {"inputs": [{"namespace": "n", "name": "t", "facets": {"symlinks": {"identifiers": 7}}}]},
     {"job": {"namespace": "n", "name": "j", "facets": {"jobType": {"jobType": 10**5000}}}},
+    {"run": {"runId": "r", "facets": {"parent": {"run": {"runId": "p"}, "job": {},
+                                                 "root": {"run": {"runId": "x" * 5000}}}}}},
 ])
 def test_the_fields_a_review_found_raising_are_read_safely(change: dict[str, object]) -> None:
     message = {"eventType": "START", "eventTime": "2026-11-30T00:00:00Z",

@@ -170,6 +170,10 @@ def _read(message: dict[str, Any], options: Options) -> _RunEvent | Ignored | Re
     parent = facets.get("parent")
     if parent is not None and not _is_id(_object(_object(parent).get("run")).get("runId")):
         return _invalid(RejectionKind.INVALID_FIELD, "the parent facet has no run.runId")
+    root_run = _object(_object(_object(parent).get("root")).get("run")).get("runId")
+    if root_run is not None and not _is_id(root_run):
+        return _invalid(RejectionKind.INVALID_FIELD, "the parent facet's root.run.runId must "
+                                                     "be a string of 1 to 200 characters")
     job_type = _object(job_facets.get("jobType"))
     if options.namespaces is not None and namespace not in options.namespaces:
         return Ignored(f"job namespace {namespace!r} is not on the allowlist", "namespace")
@@ -267,8 +271,8 @@ class _RunEvent:
         parent = _object(self.parent)
         root = _object(parent.get("root"))
         root_run = _object(root.get("run")).get("runId")
-        if isinstance(root_run, str) and root_run:
-            return root_run, _object(root.get("job"))
+        if _is_id(root_run):
+            return str(root_run), _object(root.get("job"))
         return self._parent_run(), _object(parent.get("job"))
 
     def _id(self, suffix: str = "") -> str:
