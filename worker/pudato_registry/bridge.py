@@ -42,6 +42,7 @@ FRAMING_BYTES = 2048  # a record's key (a correlation id), headers and batch fra
 MIN_EVENT_BYTES = 64 * 1024
 BATCH_BYTES = 1_000_000  # librdkafka's default batch.size
 Partition = tuple[str, int]
+CLOSE_ON_STOP_S = 2.0  # a stop waits this long for the final commit, then leaves
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Bridge:
                 # A record batch, not only a record, must fit the topic's limit.
                 self.producer = kafka.make_producer(s, **{
                     "client.id": "pudato-openlineage-bridge", "batch.size": batch_bytes})
-            self.dead_letters = kafka.DeadLetters(s, self.producer, s.ol_dlq_topic)
+            self.dead_letters = kafka.DeadLetters(s, self.producer, s.ol_dlq_topic, self._stop)
             self.dead_letters.start()
             self.consumer.subscribe([s.ol_topic], on_assign=self._on_assign,
                                     on_revoke=self._on_revoke)
@@ -132,15 +133,14 @@ class Bridge:
             self._close()
 
     def _close(self) -> None:
-        if self._stop.is_set() and not kafka.answers(self.consumer, self.settings.ol_topic):
+        stopping = self._stop.is_set()
+        if not kafka.close_consumer(self.consumer, CLOSE_ON_STOP_S if stopping else 30.0):
             log.warning("Kafka is away: leaving without committing the last offsets; their "
                         "RunEvents are bridged again on the next start")
-        else:
-            self.consumer.close()
         self._member.release()
         if self.producer is not None:
             # What was acknowledged has its offsets stored; the rest is sent again later.
-            self.producer.flush(1.0 if self._stop.is_set() else 10.0)
+            kafka.abandon_unacknowledged(self.producer, 1.0 if stopping else 10.0)
 
     def _fit_to_topic(self) -> int:
         """Translate to fit the registry topic, whatever PUDATO_MAX_MESSAGE_BYTES says.
@@ -245,7 +245,7 @@ class Bridge:
         assert self.producer is not None, "run() makes it"
         try:
             kafka.deliver(self.producer, self.settings.topic, fits,
-                          max(self.settings.retry_max_backoff_s, 10.0))
+                          max(self.settings.retry_max_backoff_s, 10.0), self._stop)
         except (kafka.DeliveryError, KafkaException) as exc:
             too_large = (exc.too_large if isinstance(exc, kafka.DeliveryError)
                          else exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE)

@@ -71,11 +71,12 @@ Outgoing = tuple[bytes | None, bytes | None, Headers | None]  # key, value, head
 
 
 def deliver(producer: Producer, topic: str, messages: Iterable[Outgoing],
-            timeout: float) -> int:
+            timeout: float, stop: threading.Event | None = None) -> int:
     """Produce ``messages`` in order and wait for every acknowledgement; return the count.
 
     A full local queue is waited out, not dropped. Raises :class:`DeliveryError`
-    if any message failed or was still unacknowledged after ``timeout`` seconds.
+    if any message failed or was still unacknowledged after ``timeout`` seconds,
+    or once ``stop`` is set (a stop does not wait out a broker that is away).
     """
     failures: list[KafkaError] = []
 
@@ -93,7 +94,13 @@ def deliver(producer: Producer, topic: str, messages: Iterable[Outgoing],
             except BufferError:  # local queue full: let deliveries drain
                 producer.poll(0.1)
         count += 1
-    pending = producer.flush(timeout)
+    ends = time.monotonic() + timeout
+    pending = producer.flush(0)
+    while pending and not (stop is not None and stop.is_set()):
+        left = ends - time.monotonic()
+        if left <= 0:
+            break
+        pending = producer.flush(min(0.2, left))  # in slices, so that a stop ends the wait
     if pending or failures:
         detail = failures[0].str() if failures else f"{pending} not acknowledged in time"
         raise DeliveryError(f"{topic}: not delivered: {detail}",
@@ -149,6 +156,46 @@ def lags(consumer: Consumer, assigned: Iterable[tuple[str, int]]) -> list[tuple[
         if position.offset >= 0 and high >= 0:
             out.append((position.topic, position.partition, high - position.offset))
     return out
+
+
+def close_consumer(consumer: Consumer, within: float, *, commit: bool = False) -> bool:
+    """Commit (if asked) and close ``consumer``, waiting at most ``within`` s; True if it did.
+
+    With the broker away, committing and leaving the group wait for a coordinator
+    that is not there, for as long as a session timeout: so the close runs in a
+    daemon thread, and one that has not ended in time is left to the process's
+    exit. The offsets stored since the last commit are then read again by the
+    partitions' next owner (at least once; the worker drops the repeats).
+    """
+
+    def close() -> None:
+        try:
+            if commit:
+                consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                log.warning("offset commit failed: %s", exc)
+        finally:
+            consumer.close()
+
+    closing = threading.Thread(target=close, name="consumer-close", daemon=True)
+    closing.start()
+    closing.join(within)
+    return not closing.is_alive()
+
+
+def abandon_unacknowledged(producer: Producer, within: float) -> int:
+    """Wait up to ``within`` s for the producer's acknowledgements, then drop the rest.
+
+    For a stop: what is still unacknowledged belongs to a batch whose offsets were
+    not stored, so it is sent again on the next start; dropping it means the
+    process need not wait for a broker that is away. Returns how many were dropped.
+    """
+    left = producer.flush(within)
+    if left:
+        producer.purge()
+        producer.flush(0)  # serve the purged messages' callbacks
+    return left
 
 
 def answers(client: Consumer | Producer, topic: str, timeout: float = 1.0) -> bool:
@@ -385,6 +432,18 @@ def require_topics(settings: Settings, *topics: str) -> None:
         )
 
 
+def topic_missing(settings: Settings, topic: str, timeout: float = 5.0) -> bool:
+    """True if the broker answers and says ``topic`` does not exist; False if it is there,
+    or if no broker answers within ``timeout`` s (an outage, not a missing topic)."""
+    try:
+        metadata = make_admin(settings).list_topics(topic=topic, timeout=timeout)
+    except KafkaException:
+        return False
+    found = metadata.topics.get(topic)
+    return found is None or (found.error is not None and found.error.code() in (
+        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC))
+
+
 def require_topic(settings: Settings) -> None:
     """Raise :class:`TopicMissingError` unless the event topic exists."""
     require_topics(settings, settings.topic)
@@ -462,8 +521,10 @@ class DeadLetters:
 
     SMALLEST = 64 * 1024  # never cut below this, whatever the topic says
 
-    def __init__(self, settings: Settings, producer: Producer, topic: str) -> None:
+    def __init__(self, settings: Settings, producer: Producer, topic: str,
+                 stop: threading.Event | None = None) -> None:
         self.settings, self.producer, self.topic = settings, producer, topic
+        self.stop = stop  # once set, waiting for the broker's acknowledgements ends
         self.max_bytes = BROKER_DEFAULT_MAX_BYTES
 
     def start(self) -> None:
@@ -480,7 +541,7 @@ class DeadLetters:
             deliver(self.producer, self.topic,
                     (dead_letter(message, kind, reason, max_bytes)
                      for message, kind, reason in letters),
-                    max(self.settings.retry_max_backoff_s, 10.0))
+                    max(self.settings.retry_max_backoff_s, 10.0), self.stop)
         except DeliveryError as exc:
             if exc.too_large and max_bytes > self.SMALLEST:
                 self.max_bytes = max(self.SMALLEST, max_bytes // 2)

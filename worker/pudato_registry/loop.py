@@ -77,6 +77,7 @@ class FatalError(RuntimeError):
 
 
 BROKER_AWAY_S = 10.0  # transport errors this long, unbroken: not ready
+CLOSE_ON_STOP_S = 2.0  # a stop waits this long for the final commit, then leaves
 
 
 class StoppedError(Exception):
@@ -390,7 +391,8 @@ class Worker:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pudato-writer")
         self._inflight: tuple[Batch, Future[_Written], float] | None = None
         self._written = States(jobs={}, steps={})  # the states the in-flight batch writes
-        self.dead_letters = kafka.DeadLetters(settings, self.producer, settings.dlq_topic)
+        self.dead_letters = kafka.DeadLetters(settings, self.producer, settings.dlq_topic,
+                                              self._stop)
         self.refolds = 0  # batches whose states changed under them (another worker)
         self.isolations = 0  # batches split to isolate events PostgreSQL refused
 
@@ -711,20 +713,13 @@ class Worker:
 
     def _close(self) -> None:
         self._writer.shutdown(wait=True)
-        if self._stop.is_set() and not kafka.answers(self.consumer, self.settings.topic):
-            # Committing and leaving the group wait for a coordinator that is not there
-            # (a session timeout and more). Offsets stored since the last commit are read
-            # again by the next owner, and their events dropped as repeats.
+        stopping = self._stop.is_set()
+        if not kafka.close_consumer(self.consumer, CLOSE_ON_STOP_S if stopping else 30.0,
+                                    commit=True):
             log.warning("Kafka is away: leaving without committing the last offsets; their "
                         "events are read again on the next start and dropped as repeats")
-            self.producer.flush(1.0)
-            self.store.close()
-            self._member.release()
-            return
-        self._commit_offsets(self.consumer)
-        self.consumer.close()
         self._member.release()
         # Every dead letter of a stored offset was acknowledged; what is left belongs
         # to a batch that will be read again: a stop need not wait for a broker away.
-        self.producer.flush(1.0 if self._stop.is_set() else 10.0)
+        kafka.abandon_unacknowledged(self.producer, 1.0 if stopping else 10.0)
         self.store.close()
