@@ -547,11 +547,15 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _publish(source: str, wait: float, settings: Settings) -> int:
+    from pudato_registry import kafka  # noqa: PLC0415
     from pudato_registry.events import EVENT_ADAPTER  # noqa: PLC0415
     from pudato_registry.publisher import Registry  # noqa: PLC0415
     from pudato_registry.validate import Rejection, validate  # noqa: PLC0415
 
     stop = _stop_on_signals()
+    # A topic that does not exist is a mistake to fix, not an outage to spool through.
+    if kafka.topic_missing(settings, settings.topic):
+        kafka.require_topic(settings)
     registry = Registry(settings.replace(close_timeout_s=wait))
     sent = invalid = 0
     with contextlib.ExitStack() as exits:

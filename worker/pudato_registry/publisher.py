@@ -22,11 +22,25 @@ which hands it to the Kafka client's local queue (microseconds) and
 returns. Its background thread serves delivery reports. If the queue is
 full, or the broker has not taken an event within ``delivery_timeout_ms``,
 an *episode* begins: that event and every later one go to the durable
-SQLite spool (:mod:`pudato_registry.spool`) instead, logged once. The same
-thread re-sends the spool, oldest first, once nothing is in flight, and
+SQLite spool (:mod:`pudato_registry.spool`) instead, logged once. An
+episode also begins as soon as the client reports every broker down, or the
+broker says the topic does not exist (one line naming the topic and what to
+do): what waits in the client's queue then moves to the spool at once,
+rather than after the client's own timeout. The same thread re-sends the
+spool, oldest first, once nothing is in flight and the broker answers, and
 ends the episode when the spool is empty. A spooled event the broker
 refuses for good is set aside in the spool file, not re-sent forever. The
 thread outlives any exception: it logs, backs off and goes on.
+
+Limits: the spool file grows to ``spool_max_bytes`` (1 GiB) at most, and
+while it cannot be written (a full disk) at most 64 MiB of events wait in
+memory; events past either are dropped, counted in ``stats.dropped`` and
+logged, never raised. What was spooled before stays.
+
+``fork()``: the child gets a producer and a spool connection of its own on
+first use (the parent's are never touched), and its events are delivered at
+its exit, ``multiprocessing`` children's too. A child that leaves by
+``os._exit`` runs no exit code: call :meth:`Registry.close` first.
 
 Nothing here raises into the pipeline, and a pipeline's own exception passes
 through the context managers untouched.
@@ -46,11 +60,15 @@ import atexit
 import functools
 import itertools
 import logging
+import multiprocessing.util
+import os
 import signal
+import sqlite3
 import threading
 import time
 import traceback
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +90,8 @@ P = ParamSpec("P")
 E = TypeVar("E", bound=Event)
 _RESEND_BATCH = 1000
 _MAX_THREAD_BACKOFF_S = 30.0
+MEMORY_MAX_BYTES = 64 * 1024 * 1024  # events waiting for a spool that cannot be written
+_TOLD_EVERY_S = 60.0  # a persistent condition (a full disk) is logged once a minute
 
 
 @dataclass
@@ -85,6 +105,7 @@ class PublisherStats:
     rejected: int = 0  # refused at emit, or refused for good by the broker
     episodes: int = 0
     set_aside: int = 0  # spooled events the broker refused for good
+    dropped: int = 0  # lost for want of room: over the spool's cap, or memory's (full disk)
 
 
 class Terminated(SystemExit):
@@ -115,20 +136,46 @@ class SpoolingProducer:
     def __init__(self, settings: Settings, spool_dir: Path) -> None:
         self.settings = settings
         self.topic = settings.topic
-        self.spool = Spool(spool_dir)
+        self.spool = Spool(spool_dir, settings.spool_max_bytes)
+        self._seq = itertools.count()
+        self._fresh()
+        _LIVE.add(self)
+        # multiprocessing's children leave by os._exit after running its finalizers, not
+        # atexit's; it clears them at the child's start, then calls its after-fork hooks.
+        multiprocessing.util.register_after_fork(self, SpoolingProducer._close_at_exit)
+
+    def _fresh(self) -> None:
+        """The state of a producer not used yet (also a forked child's)."""
         self.stats = PublisherStats()
         # Guards everything below that more than one thread touches: delivery
         # reports run in callers' flush() and in our thread alike.
         self._lock = threading.Lock()
         self._producer: Producer | None = None
-        self._seq = itertools.count()
         self._healthy = True
         self._to_spool: list[tuple[int, int, bytes | None, bytes]] = []
+        self._held = 0  # bytes in _to_spool
+        self._spool_at = 0.0  # after a failed write, the next try
+        self._told_at: dict[str, float] = {}
+        self._purge_due = False
+        self._topic_checked = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._retry_at = 0.0
         self._backoff = 0.5
         self._closed = False
+
+    def forked(self) -> None:
+        """In a child after ``fork()``: start afresh, never touching the parent's client."""
+        if self._producer is not None:
+            # Not even to destroy it: its threads were not forked, and librdkafka would
+            # crash on them. It stays, unused, until the child exits.
+            _LEFT_BEHIND.append(self._producer)
+        self._fresh()
+        self.spool.forked()
+
+    def _close_at_exit(self) -> None:
+        """In a multiprocessing child: close at its exit, as atexit does elsewhere."""
+        multiprocessing.util.Finalize(self, self.close, exitpriority=10)
 
     def _start(self) -> Producer:
         """Build the producer and the background thread on first use."""
@@ -177,8 +224,39 @@ class SpoolingProducer:
                 self._episode("the local queue is full")
             except KafkaException as exc:
                 self._episode(f"the client refused the event: {exc}")
+        self._hold([(*stamp, key, value)])
+
+    def _hold(self, rows: list[tuple[int, int, bytes | None, bytes]], *,
+              first: bool = False) -> None:
+        """Keep rows for the spool, in memory up to MEMORY_MAX_BYTES; drop (counted) the rest."""
         with self._lock:
-            self._to_spool.append((*stamp, key, value))
+            taken: list[tuple[int, int, bytes | None, bytes]] = []
+            for row in rows:
+                size = len(row[2] or b"") + len(row[3])
+                if self._held + size > MEMORY_MAX_BYTES:
+                    break
+                self._held += size
+                taken.append(row)
+            if first:
+                self._to_spool[:0] = taken
+            else:
+                self._to_spool += taken
+            lost = len(rows) - len(taken)
+            self.stats.dropped += lost
+            dropped = self.stats.dropped
+        if lost:
+            self._tell("memory", "%d events dropped so far: the spool %s cannot take them and "
+                       "%d MiB of events already wait in memory for it", dropped,
+                       self.spool.path, MEMORY_MAX_BYTES // (1024 * 1024))
+
+    def _tell(self, what: str, message: str, *args: object) -> None:
+        """Log an error about ``what`` at most once a minute."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._told_at.get(what, -_TOLD_EVERY_S) + _TOLD_EVERY_S:
+                return
+            self._told_at[what] = now
+        log.error(message, *args)
 
     def _delivered(self, stamp: tuple[int, int], error: KafkaError | None,
                    message: Message) -> None:
@@ -191,15 +269,41 @@ class SpoolingProducer:
                 self.stats.rejected += 1
             log.error("the broker rejected an event for good (%s); it is dropped", error.str())
             return
-        self._episode(error.str())
-        with self._lock:
-            self._to_spool.append((*stamp, message.key(), message.value() or b""))
+        if error.code() in _UNKNOWN_TOPIC:
+            self._unknown_topic()
+        else:
+            self._episode(error.str())
+        self._hold([(*stamp, message.key(), message.value() or b"")])
 
     def _client_error(self, error: KafkaError) -> None:
         if error.fatal():
             log.error("the Kafka client failed for good: %s", error.str())
+        elif error.code() == KafkaError._ALL_BROKERS_DOWN:
+            # An outage: what waits in the client's queue goes to the spool now, not
+            # after delivery_timeout_ms (the background thread purges the queue).
+            self._episode(f"no broker answers: {error.str()}")
+            self._purge_due = True
         else:
             log.debug("Kafka client: %s", error.str())
+
+    def _unknown_topic(self) -> None:
+        self._episode(f"topic {self.topic!r} does not exist at {self.settings.bootstrap_servers}; "
+                      "create it with `pudato-registry topics create`, or set PUDATO_TOPIC to "
+                      "the right one")
+        self._purge_due = True
+
+    def _check_topic(self) -> bool:
+        """Once, at start: ask the broker about the topic; False if it did not answer."""
+        assert self._producer is not None
+        try:
+            metadata = self._producer.list_topics(self.topic, timeout=2.0)
+        except KafkaException:
+            return False
+        found = metadata.topics.get(self.topic)
+        if found is not None and found.error is not None \
+                and found.error.code() in _UNKNOWN_TOPIC:
+            self._unknown_topic()
+        return True
 
     def _episode(self, why: str) -> None:
         with self._lock:  # callers and delivery reports may both notice it
@@ -217,7 +321,13 @@ class SpoolingProducer:
         while not self._stop.is_set():
             try:
                 assert self._producer is not None
+                if not self._topic_checked:
+                    self._topic_checked = self._check_topic()
                 self._producer.poll(0.05)
+                if self._purge_due:
+                    self._purge_due = False
+                    self._producer.purge(in_queue=True, in_flight=False)  # reports: spooled
+                    self._producer.poll(0)
                 self._flush_to_spool()
                 if not self._healthy and time.monotonic() >= self._retry_at:
                     self._resend()
@@ -230,27 +340,42 @@ class SpoolingProducer:
                           exc_info=log.isEnabledFor(logging.DEBUG))
                 self._stop.wait(pause)
 
-    def _flush_to_spool(self) -> None:
+    def _flush_to_spool(self, *, now: bool = False) -> None:
+        if not now and time.monotonic() < self._spool_at:
+            return  # the last write failed: not again at once
         with self._lock:
-            rows, self._to_spool = self._to_spool, []
+            rows, self._to_spool, self._held = self._to_spool, [], 0
         if rows:
             self._spool_now(rows)
 
     def _spool_now(self, rows: list[tuple[int, int, bytes | None, bytes]]) -> None:
         try:
-            self.spool.put(rows)
-        except Exception:
-            with self._lock:  # not lost yet: the next pass tries again
-                self._to_spool[:0] = rows
-            raise
+            refused = self.spool.put(rows)
+        except (OSError, sqlite3.Error) as exc:  # a full disk, say: keep them, in bounds
+            self._spool_at = time.monotonic() + 1.0
+            self._hold(rows, first=True)
+            self._tell("spool", "cannot write the spool %s (%s); events wait in memory (64 MiB "
+                       "at most, then they are dropped) and the write is tried again",
+                       self.spool.path, exc)
+            return
         with self._lock:
-            self.stats.spooled += len(rows)
+            self.stats.spooled += len(rows) - refused
+            self.stats.dropped += refused
+            dropped = self.stats.dropped
+        if refused:
+            self._tell("cap", "the spool %s is full (PUDATO_SPOOL_MAX_BYTES=%d): %d events "
+                       "dropped so far", self.spool.path, self.spool.max_bytes, dropped)
 
     def _resend(self) -> None:
         """Re-send the spool, oldest first, once nothing else is in flight."""
         assert self._producer is not None
         if len(self._producer) > 0:
             return  # earlier events are still in flight: they go first, or into the spool
+        if not kafka.answers(self._producer, self.topic, 1.0):
+            # Neither re-send (one more client timeout's wait) nor end the episode:
+            # an outage may begin with nothing spooled yet.
+            self._retry_later()
+            return
         rows = self.spool.oldest(_RESEND_BATCH)
         if not rows:
             with self._lock:
@@ -283,7 +408,11 @@ class SpoolingProducer:
                 if not _undeliverable(error):
                     break
                 refused.append((row_id, error.str()))
-        self._producer.flush(self.settings.delivery_timeout_ms / 1000 + 5)
+        # In slices: what is emitted meanwhile reaches the spool, and a close need not wait.
+        ends = time.monotonic() + self.settings.delivery_timeout_ms / 1000 + 5
+        while len(self._producer) and time.monotonic() < ends and not self._stop.is_set():
+            self._producer.flush(0.1)
+            self._flush_to_spool()
         self.spool.delete(acked)
         if refused:
             self.spool.set_aside(refused)
@@ -293,8 +422,11 @@ class SpoolingProducer:
             self.stats.resent += len(acked)
             self.stats.set_aside += len(refused)
         if failed:
-            self._retry_at = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, 30.0)
+            self._retry_later()
+
+    def _retry_later(self) -> None:
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, 30.0)
 
     # --- exit -----------------------------------------------------------------------
 
@@ -304,35 +436,55 @@ class SpoolingProducer:
             return 0
         remaining = int(self._producer.flush(self.settings.close_timeout_s
                                              if timeout is None else timeout))
-        self._flush_to_spool()
+        self._flush_to_spool(now=True)
         return remaining
 
     def close(self, timeout: float | None = None) -> None:
         """Deliver what can be delivered within ``timeout`` s (``close_timeout_s``); spool the rest.
 
-        Idempotent. However long the broker is away, it returns within about the
-        timeout: what is not delivered by then is in the spool, for the next
-        publisher on this spool directory to re-send.
+        Idempotent, and never raises. However long the broker is away, it returns
+        within about the timeout: what is not delivered by then is in the spool,
+        for the next publisher on this spool directory to re-send.
         """
-        if self._closed or self._producer is None:
-            self._closed = True
+        try:
+            self._close(self.settings.close_timeout_s if timeout is None else timeout)
+        except Exception as exc:  # at exit above all: a line, not a traceback
+            log.error("closing the publisher failed (%s: %s); what was not delivered or "
+                      "spooled by then is lost", type(exc).__name__, exc)
+
+    def _close(self, budget: float) -> None:
+        if self._closed:
             return
-        budget = self.settings.close_timeout_s if timeout is None else timeout
+        if self._producer is None:  # never used, or its client could not be built
+            self._closed = True
+            self._spool_the_rest()
+            return
         ends = time.monotonic() + budget
         if not self._healthy and not self._stop.is_set():
             self.drain_spool(budget)
         self._closed = True
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # A re-send waits in 0.1 s slices and checks the stop: this is short.
+            self._thread.join(max(0.0, ends - time.monotonic()) + 1.0)
         producer = self._producer
         if self._healthy:
             producer.flush(max(0.0, ends - time.monotonic()))
         # What is still queued or in flight comes back through the delivery
         # reports as purged, and so into the spool.
         producer.purge()
-        producer.flush(1.0)
-        self._flush_to_spool()
+        producer.flush(0.5)
+        self._spool_the_rest()
+
+    def _spool_the_rest(self) -> None:
+        """At close: spool what waits in memory, or say how much is lost."""
+        self._flush_to_spool(now=True)
+        with self._lock:
+            lost, self._to_spool, self._held = len(self._to_spool), [], 0
+            self.stats.dropped += lost
+        if lost:
+            log.error("%d events are lost: they could not be delivered, and the spool %s "
+                      "cannot be written", lost, self.spool.path)
         left = self._spooled()
         self.spool.close()
         if left:
@@ -363,6 +515,18 @@ class SpoolingProducer:
             self._stop.wait(0.05)
         return self.pending()
 
+
+_UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+_LIVE: weakref.WeakSet[SpoolingProducer] = weakref.WeakSet()
+_LEFT_BEHIND: list[Producer] = []  # a forked child's copies of its parent's clients
+
+
+def _after_fork_in_child() -> None:
+    for producer in list(_LIVE):
+        producer.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _SPOOLABLE = frozenset({
     KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT,
@@ -425,7 +589,7 @@ class Registry:
         return PublisherStats(emitted=emitted, delivered=delivery.delivered,
                               spooled=delivery.spooled, resent=delivery.resent,
                               rejected=rejected + delivery.rejected, episodes=delivery.episodes,
-                              set_aside=delivery.set_aside)
+                              set_aside=delivery.set_aside, dropped=delivery.dropped)
 
     @property
     def spool(self) -> Spool:

@@ -11,7 +11,9 @@ and :meth:`Settings.secrets` lists what the logs scrub wherever it appears
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -23,8 +25,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_TOPIC = "pudato.registry.events"
 DEFAULT_DLQ_TOPIC = "pudato.registry.events.dlq"
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 _SECRET_KAFKA_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem")
+
+
+def fallback_spool_dir() -> Path:
+    """The spool directory of last resort: the user's own one in the system's temporary one."""
+    return Path(tempfile.gettempdir()) / f"pudato-registry-spool-{os.getuid()}"
+
+
+def default_spool_dir() -> Path:
+    """``~/.local/state/pudato-registry``; a container without a home gets the fallback."""
+    try:
+        return Path.home() / ".local" / "state" / "pudato-registry"
+    except RuntimeError:  # no HOME and no password entry
+        return fallback_spool_dir()
 
 
 class Settings(BaseSettings):
@@ -77,9 +93,13 @@ class Settings(BaseSettings):
         description="extra librdkafka settings (JSON object), e.g. SASL/SSL",
     )
     spool_dir: Path = Field(
-        Path.home() / ".local" / "state" / "pudato-registry",
-        description="where the publisher keeps events it could not deliver yet",
+        default_factory=default_spool_dir,
+        description="where the publisher keeps events it could not deliver yet (if it "
+        "cannot be made, a directory of the system's temporary one is used instead)",
     )
+    spool_max_bytes: int = Field(
+        GIB, ge=MIB, description="publisher: the spool file grows no larger; events past it "
+        "are dropped, counted (stats.dropped) and logged")
     delivery_timeout_ms: int = Field(
         30_000, ge=1000, description="publisher: after this an undelivered event is spooled"
     )

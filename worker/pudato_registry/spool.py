@@ -16,6 +16,16 @@ What can go wrong with the file, and what happens:
   fresh one is started: the pipeline goes on, the old file stays for a person.
 * A row the broker refuses for good (too large for the topic, say) is moved
   to the table ``set_aside`` with the reason, never re-sent again.
+* A directory that cannot be made or written (a container without a home, a
+  read-only mount) is replaced by the user's own directory in the system's
+  temporary one, with one warning naming both.
+* The file grows no larger than ``max_bytes``: :meth:`Spool.put` takes the
+  rows that fit and says how many it did not (the publisher counts and logs
+  them). A full disk fails the whole transaction: what was spooled before
+  stays, the new rows are the caller's to keep or drop.
+* After ``fork()`` the child never touches the parent's connection (SQLite
+  forbids it): :meth:`Spool.forked` drops it unclosed and the child opens its
+  own on first use.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pudato_registry.settings import GIB, fallback_spool_dir
+
 log = logging.getLogger(__name__)
 SpooledRow = tuple[int, bytes | None, bytes]  # (rowid, key, value)
 
@@ -43,23 +55,49 @@ _SCHEMA = (
 )
 
 
+_ROW_OVERHEAD = 64  # bytes SQLite spends on a row besides its key and value
+_LEFT_BEHIND: list[sqlite3.Connection] = []  # a forked child's copies, never closed
+
+
 class Spool:
     """A SQLite file of (emitted_ns, seq, key, value) rows. Opened on first use."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_bytes: int = GIB) -> None:
         self.path = Path(directory) / "spool.sqlite3"
+        self.max_bytes = max_bytes
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            self._private_directory()
             try:
-                self._db = self._open()
-            except sqlite3.DatabaseError as exc:
-                self._rename_aside(exc)
-                self._db = self._open()
+                self._db = self._open_here()
+            except (OSError, sqlite3.OperationalError) as exc:
+                fallback = fallback_spool_dir() / "spool.sqlite3"
+                if self.path == fallback:
+                    raise
+                log.warning("cannot keep the spool in %s (%s); keeping it in %s instead",
+                            self.path.parent, exc, fallback.parent)
+                self.path = fallback
+                self._db = self._open_here()
         return self._db
+
+    def _open_here(self) -> sqlite3.Connection:
+        self._private_directory()
+        try:
+            return self._open()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # cannot open: not a bad file
+                raise
+            self._rename_aside(exc)
+            return self._open()
+
+    def forked(self) -> None:
+        """In a child after ``fork()``: forget the parent's connection, unclosed."""
+        self._lock = threading.RLock()  # another thread may have held it at the fork
+        if self._db is not None:
+            _LEFT_BEHIND.append(self._db)  # closing it here would disturb the parent's file
+            self._db = None
 
     def _private_directory(self) -> None:
         directory = self.path.parent
@@ -94,14 +132,35 @@ class Spool:
         log.warning("the spool %s cannot be read (%s); it is kept as %s and a new one started",
                     self.path, exc, aside)
 
-    def put(self, rows: Sequence[tuple[int, int, bytes | None, bytes]]) -> None:
-        """Store (emitted_ns, seq, key, value) rows durably, in one transaction."""
+    def put(self, rows: Sequence[tuple[int, int, bytes | None, bytes]]) -> int:
+        """Store (emitted_ns, seq, key, value) rows durably, in one transaction.
+
+        Returns how many of the last rows did not fit under ``max_bytes`` (not stored).
+        Raises if the file cannot be written (a full disk): then none is stored.
+        """
         if not rows:
-            return
+            return 0
         with self._lock, self._conn() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("INSERT INTO spool (emitted_ns, seq, key, value) VALUES (?, ?, ?, ?)",
-                           rows)
+            room = self.max_bytes - self._bytes(db)
+            fits = 0
+            for _ns, _seq, key, value in rows:
+                room -= len(key or b"") + len(value) + _ROW_OVERHEAD
+                if room < 0:
+                    break
+                fits += 1
+            if fits:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT INTO spool (emitted_ns, seq, key, value)"
+                               " VALUES (?, ?, ?, ?)", rows[:fits])
+            return len(rows) - fits
+
+    @staticmethod
+    def _bytes(db: sqlite3.Connection) -> int:
+        """The bytes the file's pages take (free pages, reused first, not counted)."""
+        (pages,) = db.execute("PRAGMA page_count").fetchone()
+        (free,) = db.execute("PRAGMA freelist_count").fetchone()
+        (size,) = db.execute("PRAGMA page_size").fetchone()
+        return int(pages - free) * int(size)
 
     def oldest(self, limit: int) -> list[SpooledRow]:
         """The ``limit`` rows emitted first."""
@@ -139,8 +198,9 @@ class Spool:
 
     def _count(self, table: str) -> int:
         with self._lock:
-            if self._db is None and not self.path.exists():
-                return 0
+            if self._db is None and not self.path.exists() \
+                    and not (fallback_spool_dir() / self.path.name).exists():
+                return 0  # nothing spooled here, nor where a publisher fell back to
             (n,) = self._conn().execute(f"SELECT count(*) FROM {table}").fetchone()
             return int(n)
 
