@@ -97,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     up = dev_sub.add_parser("up", parents=[common],
                             help="start the stack, migrate, create topics; Ctrl-C stops it")
     up.add_argument("--dir", type=Path, default=Path(".stack"),
-                    help="where the stack keeps its files and writes `env`")
+                    help="where the stack keeps its files and writes `env` (one stack each)")
+    up.add_argument("--keep", action="store_true",
+                    help="keep the data and ports when it stops (default: fresh each time)")
     sub.add_parser("demo", parents=[common],
                    help="the main job on local defaults: stack, worker, a sample pipeline")
 
@@ -299,7 +301,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "publish":
         return _publish(args.file, args.wait, settings)
     if args.command == "dev":
-        return _dev_up(args.dir, settings)
+        return _dev_up(args.dir, settings, keep=args.keep)
     if args.command == "replay":
         return _replay(args, settings)
     if args.command == "dlq":
@@ -587,15 +589,16 @@ def _publish(source: str, wait: float, settings: Settings) -> int:
     return 1 if invalid or stop.is_set() else 0
 
 
-def _dev_up(root: Path, settings: Settings) -> int:
+def _dev_up(root: Path, settings: Settings, *, keep: bool) -> int:
     from pudato_registry import devstack, kafka, store  # noqa: PLC0415
 
-    stack = devstack.DevStack(root.resolve())
+    stack = devstack.DevStack(root.resolve(), keep=keep)
     try:
         stack.start()
         local = settings.replace(bootstrap_servers=stack.bootstrap_servers)
         store.migrate(stack.database_url)
         kafka.create_topics(local)
+        print(stack.describe())
         print("local stack up; in another shell:")
         print(f"  source {root / 'env'}")
         for key, value in stack.env().items():

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import glob
+import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -135,13 +138,21 @@ def _wait_gone(pid: int, timeout: float) -> None:
 
 @dataclass
 class DevStack:
-    """One local Kafka broker and one PostgreSQL cluster, started and stopped together."""
+    """One local Kafka broker and one PostgreSQL cluster, started and stopped together.
+
+    One stack per directory: :meth:`start` takes ``root/lock`` (released when the
+    process ends, however it ends) and refuses a directory another stack holds.
+    With ``keep`` the data and ports outlive a stop; without, both are new each time.
+    """
 
     root: Path
     kafka_port: int = 0
     postgres_port: int = 0
     kafka_heap: str = "1g"
+    keep: bool = False
     _kafka: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _lock: int | None = field(default=None, repr=False)
+    _controller_port: int = field(default=0, repr=False)
     _jvm: list[str] = field(default_factory=list, repr=False)
     _pgdata: Path | None = field(default=None, repr=False)
     _pg_started: bool = field(default=False, repr=False)
@@ -166,9 +177,12 @@ class DevStack:
     def start(self, timeout: float = 90.0) -> DevStack:
         """Start both services and wait until both accept connections."""
         self.root.mkdir(parents=True, exist_ok=True)
+        self._take_directory()
         classpath = kafka_classpath()
         deadline = time.monotonic() + timeout
         try:
+            if self.keep:
+                self._reuse_ports()
             self._start_kafka(classpath)
             self._start_postgres()
             kafka.wait_for_broker(self.bootstrap_servers, deadline - time.monotonic())
@@ -178,15 +192,78 @@ class DevStack:
         (self.root / "env").write_text(
             "".join(f"export {k}={v}\n" for k, v in self.env().items())
         )
+        if self.keep:
+            (self.root / "ports.json").write_text(json.dumps({
+                "kafka": self.kafka_port, "controller": self._controller_port,
+                "postgres": self.postgres_port}))
         return self
+
+    def _take_directory(self) -> None:
+        """Hold ``root/lock`` until this process ends; refuse if another stack holds it."""
+        if self._lock is not None:
+            return
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StackError(
+                f"a stack already runs in {self.root} ({holder}); stop it (Ctrl-C where it "
+                "runs) or give this one another --dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        self._lock = fd
+
+    def _release_directory(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
+
+    def _reuse_ports(self) -> None:
+        """With ``keep``: the ports of the last run, where they are still free."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            ports = json.loads((self.root / "ports.json").read_text())
+            for name, attribute in (("kafka", "kafka_port"), ("postgres", "postgres_port"),
+                                    ("controller", "_controller_port")):
+                if not getattr(self, attribute) and not port_open(int(ports[name])):
+                    setattr(self, attribute, int(ports[name]))
+
+    @property
+    def kafka_data(self) -> Path:
+        """The broker's log directory."""
+        return self.root / "kafka-data"
+
+    @property
+    def postgres_data(self) -> Path:
+        """PostgreSQL's data directory (where the server's user can reach it)."""
+        if self._pgdata is not None:
+            return self._pgdata
+        if self.keep:
+            if _service_user() is None:
+                return self.root / "postgres-data"
+            # As root the server runs as another user, who may not reach root's
+            # directories: a fixed place in /tmp, named after the stack's directory.
+            digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+            return Path(tempfile.gettempdir()) / f"pudato-pg-keep-{digest}"
+        return Path(tempfile.gettempdir()) / "pudato-pg-*"
+
+    def describe(self) -> str:
+        """Where the data lives, and whether it outlives a stop (for `dev up`)."""
+        where = f"Kafka in {self.kafka_data}, PostgreSQL in {self.postgres_data}"
+        if self.keep:
+            return f"data: {where}; kept when it stops (started again with --keep, it is all there)"
+        return f"data: {where}; removed when it stops (--keep keeps it)"
 
     def _start_kafka(self, classpath: str) -> None:
         """Configure and format a fresh single-node KRaft cluster, then start it."""
         self.kafka_port = self.kafka_port or free_port()
-        controller_port = free_port()
+        self._controller_port = controller_port = self._controller_port or free_port()
         logs = self.root / "kafka-logs"
-        data = self.root / "kafka-data"
-        shutil.rmtree(data, ignore_errors=True)
+        data = self.kafka_data
+        formatted = self.keep and (data / "meta.properties").exists()
+        if not formatted:
+            shutil.rmtree(data, ignore_errors=True)
         logs.mkdir(parents=True, exist_ok=True)
         props = self.root / "server.properties"
         props.write_text(
@@ -220,13 +297,13 @@ class DevStack:
             f"-Dkafka.logs.dir={logs}", f"-Dlog4j2.configurationFile={LOG4J}",
             "-cp", classpath,
         ]
-        cluster_id = _cluster_id()
-        fmt = subprocess.run(
-            [*self._jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-            capture_output=True, text=True, check=False,
-        )
-        if fmt.returncode != 0:
-            raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+        if not formatted:
+            fmt = subprocess.run(
+                [*self._jvm, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c",
+                 str(props)], capture_output=True, text=True, check=False,
+            )
+            if fmt.returncode != 0:
+                raise StackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
         self.start_kafka()
 
     def start_kafka(self, timeout: float | None = None) -> None:
@@ -245,21 +322,26 @@ class DevStack:
         initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         user = _service_user()
         self.postgres_port = self.postgres_port or free_port()
-        # The data directory lives in /tmp so that a service user can reach it
-        # whatever the permissions of the stack directory's ancestors.
-        self._pgdata = Path(tempfile.mkdtemp(prefix="pudato-pg-"))
+        if self.keep:
+            self._pgdata = self.postgres_data
+            self._pgdata.mkdir(mode=0o700, exist_ok=True)
+        else:
+            # The data directory lives in /tmp so that a service user can reach it
+            # whatever the permissions of the stack directory's ancestors.
+            self._pgdata = Path(tempfile.mkdtemp(prefix="pudato-pg-"))
         (self.root / "pgdata").write_text(str(self._pgdata))
         if user is not None:
             os.chown(self._pgdata, user.pw_uid, user.pw_gid)
         run_as: dict[str, int] = {} if user is None else {"user": user.pw_uid,
                                                            "group": user.pw_gid}
-        init = subprocess.run(
-            [initdb, "-D", str(self._pgdata), "-U", "pudato", "--auth=trust",
-             "--encoding=UTF8", "--locale=C", "--no-sync"],
-            capture_output=True, text=True, check=False, cwd="/", **run_as,  # type: ignore[call-overload]
-        )
-        if init.returncode != 0:
-            raise StackError(f"initdb failed:\n{init.stdout}{init.stderr}")
+        if not (self._pgdata / "PG_VERSION").exists():
+            init = subprocess.run(
+                [initdb, "-D", str(self._pgdata), "-U", "pudato", "--auth=trust",
+                 "--encoding=UTF8", "--locale=C", "--no-sync"],
+                capture_output=True, text=True, check=False, cwd="/", **run_as,  # type: ignore[call-overload]
+            )
+            if init.returncode != 0:
+                raise StackError(f"initdb failed:\n{init.stdout}{init.stderr}")
         started = subprocess.run(
             [pg_ctl, "-D", str(self._pgdata), "-l", str(self._pgdata / "server.log"),
              "-o", self._pg_options(), "-w", "-t", "60", "start"],
@@ -323,7 +405,13 @@ class DevStack:
         self._kafka = None
 
     def stop(self) -> None:
-        """Stop both services, remove PostgreSQL's data, leave no process behind."""
+        """Stop both services, leave no process behind; remove the data unless ``keep``."""
+        try:
+            self._stop()
+        finally:
+            self._release_directory()
+
+    def _stop(self) -> None:
         self.stop_kafka()
         if self._pgdata is not None:
             if self._pg_started:
@@ -335,7 +423,8 @@ class DevStack:
                 if pid is not None:
                     _wait_gone(pid, timeout=30)
                 self._pg_started = False
-            shutil.rmtree(self._pgdata, ignore_errors=True)
+            if not self.keep:
+                shutil.rmtree(self._pgdata, ignore_errors=True)
             self._pgdata = None
 
 
