@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
     Consumer,
     KafkaError,
     KafkaException,
@@ -651,6 +650,7 @@ class PartitionReader:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",  # trimmed since we asked: from what is left
             "max.partition.fetch.bytes": max(settings.max_message_bytes + 1024, 1024 * 1024),
         })
         # Offsets are asked of an admin client: on the consumer's own connection a
@@ -690,8 +690,9 @@ class PartitionReader:
 
     def start(self, offsets: dict[int, int] | None = None) -> None:
         """Begin at ``offsets`` (partition -> offset), or at the beginning of every partition."""
-        chosen = offsets if offsets is not None else dict.fromkeys(self.partitions(),
-                                                                   OFFSET_BEGINNING)
+        # The first offsets as numbers, not OFFSET_BEGINNING: librdkafka resolves that
+        # with a query of its own and starts fetching half a second later.
+        chosen = offsets if offsets is not None else self.start_offsets()
         self._consumer.assign([TopicPartition(self.topic, p, o) for p, o in chosen.items()])
         self.positions = {p: max(o, 0) for p, o in chosen.items()}
 
@@ -703,21 +704,32 @@ class PartitionReader:
         a batch of its own). ``wait_s``: how long one fetch may wait for a
         batch to fill (a consume returns early only once it is full).
         """
-        while any(self.positions.get(p, 0) < end for p, end in targets.items()):
-            batch = []
-            for message in self._consumer.consume(self._batch_size, wait_s):
-                error = message.error()
-                partition = cast(int, message.partition())
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        self.positions[partition] = max(self.positions.get(partition, 0),
-                                                        cast(int, message.offset()))
+        def behind() -> bool:
+            return any(self.positions.get(p, 0) < end for p, end in targets.items())
+
+        while behind():
+            batch: list[Message] = []
+            ends = time.monotonic() + wait_s
+            # Short consumes: a batch ends once it is full, or the last message wanted has
+            # come (not a whole wait later), or the wait is over.
+            while len(batch) < self._batch_size and behind():
+                left = ends - time.monotonic()
+                if left <= 0:
+                    break
+                for message in self._consumer.consume(self._batch_size - len(batch),
+                                                      min(0.01, left)):
+                    error = message.error()
+                    partition = cast(int, message.partition())
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            self.positions[partition] = max(self.positions.get(partition, 0),
+                                                            cast(int, message.offset()))
+                            continue
+                        if error.fatal():
+                            raise KafkaException(error)
                         continue
-                    if error.fatal():
-                        raise KafkaException(error)
-                    continue
-                self.positions[partition] = cast(int, message.offset()) + 1
-                batch.append(message)
+                    self.positions[partition] = cast(int, message.offset()) + 1
+                    batch.append(message)
             yield from split_by_bytes(batch, self._batch_max_bytes)
 
     def close(self) -> None:

@@ -26,18 +26,34 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
+
+from confluent_kafka import Message
 
 from pudato_registry import kafka, store
-from pudato_registry.loop import StoppedError, apply_events, isolate, with_retries
+from pudato_registry.loop import (
+    Garbage,
+    StoppedError,
+    UnstorableError,
+    apply_events,
+    entity_ids,
+    isolate,
+    plan_writes,
+    tune_interpreter,
+    with_retries,
+)
 from pudato_registry.present import safe
 from pudato_registry.settings import Settings
+from pudato_registry.store import States, Writes
 from pudato_registry.validate import Rejection, validate
 from pudato_registry.wire import Event
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _LOCK_WHEN_BEHIND = 500  # messages: catch up outside the lock until this close
 
 
@@ -75,29 +91,127 @@ class ReplayReport:
         return "\n".join(lines)
 
 
+class _Applier:
+    """Applies batches of events to the target, one transaction each, as the worker does.
+
+    ``ahead``: fold a batch while the one before it commits, in a writer thread
+    (the worker's pipeline). Only for a target nothing else writes, the shadow
+    tables: a batch's entities then have the states the batch before it wrote,
+    or the committed ones. Should that batch have been split around an event
+    PostgreSQL refused, the commit finds other states than the fold began from
+    and folds again, so the rows are right either way.
+    """
+
+    def __init__(self, target: store.Store, settings: Settings, report: ReplayReport, *,
+                 rewrite: bool, ahead: bool, stop: threading.Event | None) -> None:
+        self.target, self.settings, self.report = target, settings, report
+        self.rewrite, self.stop = rewrite, stop
+        self._writer = ThreadPoolExecutor(1, "pudato-replay-writer") if ahead else None
+        self._inflight: Future[tuple[int, int]] | None = None
+        self._written = States(jobs={}, steps={})  # the states the batch in flight writes
+
+    def apply(self, events: Sequence[Event]) -> None:
+        """Apply ``events``: now, or (ahead) once the batch before has committed."""
+        if self._writer is None:
+            self._account(self._isolated(events))
+            return
+        job_ids, step_ids = entity_ids(events)
+        written = self._written
+        stored = self._retry("read", lambda: self.target.read_states(
+            [i for i in job_ids if i not in written.jobs],
+            [i for i in step_ids if i not in written.steps]))
+        base = States(
+            jobs={**{i: written.jobs[i] for i in job_ids if i in written.jobs}, **stored.jobs},
+            steps={**{i: written.steps[i] for i in step_ids if i in written.steps},
+                   **stored.steps})
+        plan = plan_writes(events, base)
+        self.settle()
+        self._written = States(jobs=dict(plan.writes.job_states),
+                               steps=dict(plan.writes.step_states))
+        self._inflight = self._writer.submit(self._commit, events, base, plan.writes,
+                                             (plan.new, len(plan.refused)))
+
+    def _commit(self, events: Sequence[Event], base: States, writes: Writes,
+                counts: tuple[int, int]) -> tuple[int, int]:
+        """In the writer thread: one transaction, folded again if the states moved."""
+        job_ids, step_ids = entity_ids(events)
+
+        def compute(current: States) -> Writes:
+            nonlocal counts
+            if current == base:
+                return writes
+            again = plan_writes(events, current)
+            counts = (again.new, len(again.refused))
+            return again.writes
+
+        try:
+            self._retry("replay", lambda: self.target.apply(job_ids, step_ids, compute))
+        except UnstorableError:
+            return self._isolated(events)
+        return counts
+
+    def _isolated(self, events: Sequence[Event]) -> tuple[int, int]:
+        # As the worker does: an event PostgreSQL refuses is set apart, the rest applied.
+        done = isolate(lambda part: self._retry(
+            "replay", lambda: apply_events(self.target, part, rewrite=self.rewrite)), events)
+        return done.new, len(done.refused) + len(done.unstorable)
+
+    def settle(self) -> None:
+        """Wait for the batch in flight to commit."""
+        if self._inflight is not None:
+            future, self._inflight = self._inflight, None
+            try:
+                self._account(future.result())
+            except BaseException:
+                self._written = States(jobs={}, steps={})
+                raise
+
+    def close(self) -> None:
+        """Let the batch in flight finish (or fail); stop the writer thread."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+
+    def _account(self, counts: tuple[int, int]) -> None:
+        self.report.applied += counts[0]
+        self.report.refused += counts[1]
+
+    def _retry(self, operation: str, fn: Callable[[], T]) -> T:
+        return with_retries(self.settings, operation, fn, stop=self.stop)
+
+
 def _fold_into(reader: kafka.PartitionReader, targets: dict[int, int], target: store.Store,
                settings: Settings, report: ReplayReport, *, rewrite: bool = False,
                keep: Callable[[Event], bool] = lambda _e: True, wait_s: float = 0.1,
-               stop: threading.Event | None = None) -> None:
-    for messages in reader.read_until(targets, wait_s):
-        if stop is not None and stop.is_set():
-            raise StoppedError("reading the topic")
-        report.messages += len(messages)
-        events = []
-        for message in messages:
-            event = validate(message.value(), settings.max_message_bytes)
-            if isinstance(event, Rejection):
-                report.invalid += 1
-            elif keep(event):
-                events.append(event)
-        report.events += len(events)
-        if events:
-            # As the worker does: an event PostgreSQL refuses is set apart, the rest applied.
-            done = isolate(lambda part: with_retries(
-                settings, "replay", lambda: apply_events(target, part, rewrite=rewrite),
-                stop=stop), events)
-            report.applied += done.new
-            report.refused += len(done.refused) + len(done.unstorable)
+               ahead: bool = False, stop: threading.Event | None = None) -> None:
+    applier = _Applier(target, settings, report, rewrite=rewrite, ahead=ahead, stop=stop)
+    # As in the worker: no automatic collection during a fold, collections between batches.
+    try:
+        with Garbage() as garbage:
+            for messages in reader.read_until(targets, wait_s):
+                if stop is not None and stop.is_set():
+                    raise StoppedError("reading the topic")
+                events = _valid(messages, settings, report, keep)
+                if events:
+                    applier.apply(events)
+                garbage.between_batches()
+            applier.settle()
+    finally:
+        applier.close()
+
+
+def _valid(messages: list[Message], settings: Settings, report: ReplayReport,
+           keep: Callable[[Event], bool]) -> list[Event]:
+    """The events of ``messages`` that are valid and kept, counting the others."""
+    report.messages += len(messages)
+    events = []
+    for message in messages:
+        event = validate(message.value(), settings.max_message_bytes)
+        if isinstance(event, Rejection):
+            report.invalid += 1
+        elif keep(event):
+            events.append(event)
+    report.events += len(events)
+    return events
 
 
 def rebuild(settings: Settings, *, verify: bool = False, accept_trimmed: bool = False,
@@ -114,6 +228,7 @@ def rebuild(settings: Settings, *, verify: bool = False, accept_trimmed: bool = 
     dsn = settings.database_dsn
     report = ReplayReport("verify" if verify else "rebuild")
     started = time.monotonic()
+    tune_interpreter()
     with store.replay_lock(dsn):
         reader = kafka.PartitionReader(settings, settings.topic)
         try:
@@ -153,7 +268,7 @@ def _rebuild_into(reader: kafka.PartitionReader, shadow: store.Store, settings: 
     reader.start()
     ends = reader.end_offsets()
     while True:  # catch up while the live tables stay open to everyone
-        _fold_into(reader, ends, shadow, settings, report, stop=stop)
+        _fold_into(reader, ends, shadow, settings, report, ahead=True, stop=stop)
         ends = reader.end_offsets()
         behind = sum(end - reader.positions.get(p, 0) for p, end in ends.items())
         if behind < _LOCK_WHEN_BEHIND:
