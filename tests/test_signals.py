@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ from pudato_registry.sample import workload
 from pudato_registry.settings import Settings
 from tests.helpers import count_rows, drain, expected_rows, messages_of, table_rows, wait_for
 from tests.helpers import worker_process as _worker_process
-from tests.services import Services, fresh_database, produce, settings_for
+from tests.services import Services, fresh_database, produce, read_topic, settings_for
 
 
 class Output:
@@ -46,11 +47,16 @@ class Output:
 
 
 def _stopped_within(process: subprocess.Popen[bytes], output: Output, seconds: float) -> str:
+    return _stopped_within_code(process, output, seconds, code=0)
+
+
+def _stopped_within_code(process: subprocess.Popen[bytes], output: Output, seconds: float, *,
+                         code: int) -> str:
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     text = output.finish(timeout=30)
     took = time.monotonic() - started
-    assert process.returncode == 0, text
+    assert process.returncode == code, text
     assert took < seconds, f"took {took:.1f} s to stop:\n{text}"
     assert "Traceback" not in text, text
     return text
@@ -201,3 +207,29 @@ def test_sigterm_stops_a_replay_before_its_swap(loaded_settings: Settings) -> No
             process.kill()
     assert table_rows(loaded_settings.database_dsn) == before
     assert not store_has_shadow(loaded_settings)
+
+
+def test_sigterm_stops_publish_waiting_on_a_silent_pipe(settings: Settings,
+                                                       tmp_path: Path) -> None:
+    kafka.create_topics(settings)
+    events = workload(3)
+    env = {**os.environ, "PUDATO_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "PUDATO_TOPIC": settings.topic, "PUDATO_SPOOL_DIR": str(tmp_path / "spool")}
+    process = subprocess.Popen([sys.executable, "-m", "pudato_registry.cli", "publish", "-"],
+                               env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    assert process.stdin is not None
+    output = Output(process)
+    try:
+        for _key, value in messages_of(events):
+            process.stdin.write((value or b"") + b"\n")
+        process.stdin.flush()  # and then nothing more: the pipe stays open and silent
+        wait_for(lambda: len(read_topic(settings, settings.topic)) == len(events),
+                 what="the lines written so far published")
+        text = _stopped_within_code(process, output, 5, code=1)
+        assert f"published {len(events)} of {len(events)} events" in text
+        assert "stopped as asked" in text
+    finally:
+        process.stdin.close()
+        if process.poll() is None:
+            process.kill()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import queue
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -561,10 +563,11 @@ def _publish(source: str, wait: float, settings: Settings) -> int:
     registry = Registry(settings.replace(close_timeout_s=wait))
     sent = invalid = 0
     with contextlib.ExitStack() as exits:
-        lines = sys.stdin.buffer if source == "-" else exits.enter_context(
-            Path(source).open("rb"))
-        for number, line in enumerate(lines, start=1):
-            if stop.is_set():
+        fd = sys.stdin.fileno() if source == "-" else os.open(source, os.O_RDONLY)
+        if source != "-":
+            exits.callback(os.close, fd)
+        for number, line in enumerate(_lines_until(fd, stop), start=1):
+            if line is None:
                 print(f"{source}:{number}: stopped as asked; this line and the rest were not "
                       "read", file=sys.stderr)
                 break
@@ -587,6 +590,51 @@ def _publish(source: str, wait: float, settings: Settings) -> int:
           + (f", {spooled} spooled in {registry.spool.path} for later" if spooled else "")
           + (f"; {invalid} invalid lines skipped" if invalid else ""), file=sys.stderr)
     return 1 if invalid or stop.is_set() else 0
+
+
+def _lines_until(fd: int, stop: threading.Event) -> Iterator[bytes | None]:
+    """The lines of file descriptor ``fd``, read in a thread of their own; None once
+    ``stop`` is set.
+
+    A read of a pipe that stays silent blocks, and Python resumes it after a
+    signal: read here, it would keep a stop waiting for the next line. The
+    thread reads the descriptor itself, not ``sys.stdin``, whose lock it would
+    hold while the interpreter exits (a fatal error).
+    """
+    lines: queue.Queue[bytes | OSError | None] = queue.Queue(maxsize=1024)
+
+    def read() -> None:
+        pieces: list[bytes] = []  # of the line being read (a line may span many chunks)
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                start = 0
+                while (end := chunk.find(b"\n", start)) != -1:
+                    pieces.append(chunk[start:end + 1])
+                    lines.put(b"".join(pieces))
+                    pieces, start = [], end + 1
+                if start < len(chunk):
+                    pieces.append(chunk[start:])
+            if pieces:
+                lines.put(b"".join(pieces))
+        except OSError as exc:  # raised where it can be told to a person
+            lines.put(exc)
+        lines.put(None)
+
+    threading.Thread(target=read, name="publish-reader", daemon=True).start()
+    while True:
+        try:
+            line = lines.get(timeout=0.1)
+        except queue.Empty:
+            line = b""
+        if stop.is_set():
+            yield None
+            return
+        if isinstance(line, OSError):
+            raise line
+        if line is None:
+            return
+        if line:
+            yield line
 
 
 def _dev_up(root: Path, settings: Settings, *, keep: bool) -> int:
