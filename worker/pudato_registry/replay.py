@@ -23,6 +23,7 @@ its saved state (a repair; applying an event twice changes nothing).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -133,8 +134,20 @@ class _Applier:
 
     def _commit(self, events: Sequence[Event], base: States, writes: Writes,
                 counts: tuple[int, int]) -> tuple[int, int]:
-        """In the writer thread: one transaction, folded again if the states moved."""
+        """In the writer thread: one transaction, folded again if the states moved.
+
+        The first attempt reads back only the states the fold began from: an entity
+        it took as new is one nothing has written (the batch before took none of
+        them, or it would have carried its state). A retry reads them all.
+        """
         job_ids, step_ids = entity_ids(events)
+        attempts = itertools.count()
+
+        def ids() -> tuple[list[str], list[str]]:
+            if next(attempts) > 0:
+                return job_ids, step_ids
+            return ([i for i in job_ids if i in base.jobs],
+                    [i for i in step_ids if i in base.steps])
 
         def compute(current: States) -> Writes:
             nonlocal counts
@@ -145,7 +158,7 @@ class _Applier:
             return again.writes
 
         try:
-            self._retry("replay", lambda: self.target.apply(job_ids, step_ids, compute))
+            self._retry("replay", lambda: self.target.apply(*ids(), compute))
         except UnstorableError:
             return self._isolated(events)
         return counts
