@@ -29,6 +29,7 @@ class Vector:
     jobs: list[dict[str, Any]]
     steps: list[dict[str, Any]]
     dead_letters: int
+    edges: list[dict[str, Any]]  # amendment 3's pudato_lineage_edges
 
 
 def _value(message: dict[str, Any]) -> bytes | None:
@@ -53,6 +54,7 @@ def load(path: Path) -> Vector:
         jobs=raw["expected"]["jobs"],
         steps=raw["expected"]["steps"],
         dead_letters=raw["expected"]["dead_letters"],
+        edges=raw["expected"]["edges"],
     )
 
 
