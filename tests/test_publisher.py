@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -10,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,13 +123,21 @@ def test_context_managers_yield_the_rows_the_fold_predicts(publisher_settings: S
     assert all(s["duration_ms"] is not None for s in mine)
 
 
-@pytest.fixture
-def outage_settings(dev_stack: DevStack, tmp_path: Path) -> Iterator[Settings]:
+@contextlib.contextmanager
+def on_the_dev_stack(dev_stack: DevStack, spool_dir: Path, **changes: Any) -> Iterator[Settings]:
+    """Publisher settings on the stack the test may stop: a database and topics of its own."""
     admin = dev_stack.database_url.rsplit("/", 1)[0] + "/postgres"
     with fresh_database(admin, dev_stack.database_url) as url:
-        made = settings_for(dev_stack.bootstrap_servers, url).replace(
-            spool_dir=tmp_path / "spool", delivery_timeout_ms=2000, close_timeout_s=1.0)
+        made = settings_for(dev_stack.bootstrap_servers, url).replace(spool_dir=spool_dir,
+                                                                       **changes)
         kafka.create_topics(made)
+        yield made
+
+
+@pytest.fixture
+def outage_settings(dev_stack: DevStack, tmp_path: Path) -> Iterator[Settings]:
+    with on_the_dev_stack(dev_stack, tmp_path / "spool", delivery_timeout_ms=2000,
+                          close_timeout_s=1.0) as made:
         yield made
 
 

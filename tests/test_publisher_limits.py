@@ -23,8 +23,8 @@ from pudato_registry.publisher import Registry
 from pudato_registry.settings import MIB, Settings
 from pudato_registry.spool import Spool
 from tests.helpers import wait_for
-from tests.services import fresh_database, read_topic, settings_for
-from tests.test_publisher import pipeline
+from tests.services import read_topic
+from tests.test_publisher import on_the_dev_stack, pipeline
 
 ROOT = Path(__file__).parents[1]
 
@@ -96,7 +96,7 @@ NOWHERE_SCRIPT = textwrap.dedent("""
     import sys, tempfile
     tempfile.tempdir = sys.argv[1]          # the fallback cannot be made either
     from pudato_registry.publisher import Registry
-    from tests.test_publisher import pipeline
+    from tests.test_publisher import on_the_dev_stack, pipeline
     registry = Registry()
     pipeline(registry, steps=1)
     print("pipeline done")
@@ -259,11 +259,8 @@ def test_a_full_disk_neither_grows_memory_nor_loses_what_was_spooled(
 
 @pytest.fixture
 def outage_settings(dev_stack: DevStack, tmp_path: Path) -> Iterator[Settings]:
-    admin = dev_stack.database_url.rsplit("/", 1)[0] + "/postgres"
-    with fresh_database(admin, dev_stack.database_url) as url:
-        made = settings_for(dev_stack.bootstrap_servers, url).replace(
-            spool_dir=tmp_path / "spool", delivery_timeout_ms=30_000, close_timeout_s=2.0)
-        kafka.create_topics(made)
+    with on_the_dev_stack(dev_stack, tmp_path / "spool", delivery_timeout_ms=30_000,
+                          close_timeout_s=2.0) as made:
         yield made
 
 

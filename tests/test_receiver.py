@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from pudato_registry import receiver
+from pudato_registry import openlineage, receiver
 from pudato_registry.devstack import free_port
 from pudato_registry.settings import Settings
 from pudato_registry.validate import Rejection, validate
@@ -109,6 +109,31 @@ def test_gzip_bodies_are_inflated_and_a_gzip_bomb_is_refused_in_bounded_memory(
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 20 * 1024 * 1024  # the limit and a little, never the gigabyte
+
+
+def test_a_body_sent_as_is_takes_its_length_of_the_decode_budget(settings: Settings) -> None:
+    app = receiver.Receiver(settings, delivery_timeout_s=3)
+    taken: list[int] = []
+    take = app._budget.take
+
+    def recording(size: int, timeout: float) -> bool:
+        taken.append(size)
+        return take(size, timeout)
+
+    app._budget.take = recording  # type: ignore[method-assign]
+    server = receiver.make_server(app, "127.0.0.1", 0, channel_timeout=2)
+    threading.Thread(target=server.run, daemon=True).start()
+    url = f"http://127.0.0.1:{server.effective_port}"
+    try:
+        body = PARENT_CHILDREN[0]
+        assert _post(url, body, encoding="identity")[0] == 201
+        assert _post(url, body)[0] == 201
+        assert _post(url, gzip.compress(body), encoding="gzip")[0] == 201
+    finally:
+        server.close()
+        app.close(5)
+    # Only a compressed body is budgeted at what it may inflate to.
+    assert taken == [len(body), len(body), openlineage.INPUT_MAX_BYTES]
 
 
 @pytest.mark.parametrize("encoding", ["br", "deflate", "zstd", "gzip, br"])

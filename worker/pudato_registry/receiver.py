@@ -273,14 +273,14 @@ class Receiver:
             return self._unavailable(start_response, "the receiver is stopping"
                                      if self.stopping.is_set() else "the broker is unreachable")
         length = int(environ.get("CONTENT_LENGTH") or 0)
+        gzipped = headers.get("CONTENT_ENCODING", "").strip().lower() in _GZIP
         # A compressed body may inflate to the limit: it is budgeted at that.
-        cost = (openlineage.INPUT_MAX_BYTES if environ.get("HTTP_CONTENT_ENCODING")
-                else max(length, 1))
+        cost = openlineage.INPUT_MAX_BYTES if gzipped else max(length, 1)
         if not self._budget.take(cost, timeout=self.delivery_timeout_s):
             return self._unavailable(start_response, "the receiver is busy decoding")
         try:
             started = time.perf_counter()
-            body = self._body(environ, length)
+            body = self._body(environ, length, gzipped=gzipped)
             if isinstance(body, tuple):
                 return self._refuse(environ, start_response, *body)
             result = self.decode(body)
@@ -309,11 +309,11 @@ class Receiver:
         self.metrics.published.inc(len(result.messages))
         return self._answer(start_response, "201 Created", {"events": len(result.messages)})
 
-    def _body(self, environ: dict[str, Any], length: int) -> bytes | Refusal:
+    def _body(self, environ: dict[str, Any], length: int, *, gzipped: bool) -> bytes | Refusal:
         """The request's RunEvent bytes, inflated; or why it is refused."""
         limit = openlineage.INPUT_MAX_BYTES
         body: bytes = environ["wsgi.input"].read(length)
-        if str(environ.get("HTTP_CONTENT_ENCODING") or "").strip().lower() not in _GZIP:
+        if not gzipped:
             return body
         try:
             return inflate(body, limit)
