@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import logging
 import os
 import queue
@@ -75,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="pudato-registry",
         description="The pudato job registry: lifecycle events from Kafka into PostgreSQL.",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('pudato-registry')}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", parents=[common], help="apply pending schema migrations")
     worker = sub.add_parser("worker", parents=[common], help="run the ingestion worker")
