@@ -140,6 +140,7 @@ def test_an_unreachable_broker_is_one_line(argv: list[str], database_url: str,
 @pytest.mark.parametrize("argv", [
     ["jobs", "list", "--stuck", "99999999999d"], ["jobs", "list", "--limit", "-1"],
     ["jobs", "list", "--since", "99999999999d"], ["jobs", "list", "--stuck", "soon"],
+    ["jobs", "list", "--status", "succeeded"],
 ])
 def test_bad_arguments_are_one_line_and_exit_2(argv: list[str],
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,6 +150,8 @@ def test_bad_arguments_are_one_line_and_exit_2(argv: list[str],
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert "error: argument" in err.splitlines()[-1]
+    if "--status" in argv:  # the choices are named
+        assert "(choose from 'pending', 'running', 'success', 'failed', 'cancelled')" in err
 
 
 def test_a_bad_setting_is_one_line(capsys: pytest.CaptureFixture[str],

@@ -228,6 +228,30 @@ def test_publish_command_sends_valid_lines_and_reports_invalid_ones(
     assert sorted(e.event_id for e in _topic_events(s)) == sorted(e.event_id for e in good)
 
 
+def test_publish_dry_run_validates_every_line_and_sends_nothing(
+        publisher_settings: Settings, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pudato_registry import factory  # noqa: PLC0415
+    from pudato_registry.cli import main  # noqa: PLC0415
+
+    good: list[Event] = [factory.job_submitted("job-dry", pipeline="p"),
+                         factory.job_started("job-dry"), factory.job_succeeded("job-dry")]
+    source = tmp_path / "backfill.jsonl"
+    source.write_bytes(b"\n".join([*(factory.encode(e) for e in good), b"[1]"]) + b"\n")
+    s = publisher_settings
+    args = ["publish", str(source), "--dry-run", "--topic", s.topic,
+            "--spool-dir", str(s.spool_dir)]
+    # No broker is asked: a dead address makes no difference.
+    assert main([*args, "--bootstrap-servers", "127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert f"{source}:4: " in err
+    assert f"dry run: 3 valid events would be sent to topic {s.topic}; 1 invalid" in err
+    source.write_bytes(b"\n".join(factory.encode(e) for e in good) + b"\n")
+    assert main([*args, "--bootstrap-servers", s.bootstrap_servers]) == 0
+    assert _topic_events(s) == []
+    assert not (s.spool_dir / "spool.sqlite3").exists()
+
+
 def test_one_registry_serves_many_threads(publisher_settings: Settings) -> None:
     import threading  # noqa: PLC0415
 

@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="a file of one event per line; - (default) reads stdin")
     publish.add_argument("--wait", type=float, default=60.0,
                          help="seconds to wait for delivery before leaving the rest spooled")
+    publish.add_argument("--dry-run", action="store_true",
+                         help="validate every line and say what would be sent; send nothing")
     dev = sub.add_parser("dev", help="the local Kafka + PostgreSQL stack (no Docker needed)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", parents=[common],
@@ -157,8 +159,11 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     jobs = sub.add_parser("jobs", help="query jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     listing = jobs_sub.add_parser("list", parents=[common], help="jobs, newest first")
-    for name in ("pipeline", "environment", "namespace", "status"):
-        listing.add_argument(f"--{name}")
+    for name in ("pipeline", "environment", "namespace"):
+        listing.add_argument(f"--{name}", help=f"only jobs of this {name}")
+    job_statuses = ("pending", "running", "success", "failed", "cancelled")
+    listing.add_argument("--status", choices=job_statuses, type=str.lower,
+                         help="only jobs in this status")
     listing.add_argument("--since", type=_time, metavar="TIME", help="created since TIME")
     listing.add_argument("--stuck", type=_duration, metavar="DURATION",
                          help="running longer than DURATION with no terminal event")
@@ -304,7 +309,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         return _worker(args, settings)
     if args.command == "publish":
-        return _publish(args.file, args.wait, settings)
+        return _publish(args.file, args.wait, settings, dry_run=args.dry_run)
     if args.command == "dev":
         return _dev_up(args.dir, settings, keep=args.keep)
     if args.command == "replay":
@@ -553,17 +558,19 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _publish(source: str, wait: float, settings: Settings) -> int:
+def _publish(source: str, wait: float, settings: Settings, *, dry_run: bool = False) -> int:
     from pudato_registry import kafka  # noqa: PLC0415
     from pudato_registry.events import EVENT_ADAPTER  # noqa: PLC0415
     from pudato_registry.publisher import Registry  # noqa: PLC0415
     from pudato_registry.validate import Rejection, validate  # noqa: PLC0415
 
     stop = _stop_on_signals()
-    # A topic that does not exist is a mistake to fix, not an outage to spool through.
-    if kafka.topic_missing(settings, settings.topic):
-        kafka.require_topic(settings)
-    registry = Registry(settings.replace(close_timeout_s=wait))
+    registry: Registry | None = None  # a dry run touches no broker
+    if not dry_run:
+        # A topic that does not exist is a mistake to fix, not an outage to spool through.
+        if kafka.topic_missing(settings, settings.topic):
+            kafka.require_topic(settings)
+        registry = Registry(settings.replace(close_timeout_s=wait))
     sent = invalid = 0
     with contextlib.ExitStack() as exits:
         fd = sys.stdin.fileno() if source == "-" else os.open(source, os.O_RDONLY)
@@ -583,15 +590,20 @@ def _publish(source: str, wait: float, settings: Settings) -> int:
                 print(f"{source}:{number}: {event.kind.value}: {safe(event.message)}",
                       file=sys.stderr)
                 continue
-            registry.emit(EVENT_ADAPTER.validate_json(value))  # valid, so the models agree
+            if registry is not None:
+                registry.emit(EVENT_ADAPTER.validate_json(value))  # valid: the models agree
             sent += 1
+    skipped = f"; {invalid} invalid lines skipped" if invalid else ""
+    if registry is None:
+        print(f"dry run: {sent} valid events would be sent to topic {settings.topic}{skipped}",
+              file=sys.stderr)
+        return 1 if invalid or stop.is_set() else 0
     # A stop cuts the wait short: what is not delivered within a second is spooled.
     registry.close(timeout=1.0 if stop.is_set() else wait)
-    stats = registry.stats
-    spooled = registry.pending()
-    print(f"published {stats.delivered} of {sent} events"
-          + (f", {spooled} spooled in {registry.spool.path} for later" if spooled else "")
-          + (f"; {invalid} invalid lines skipped" if invalid else ""), file=sys.stderr)
+    waiting = registry.pending()  # this run's, and any an earlier run left
+    print(f"published {registry.stats.delivered} of {sent} events"
+          + (f"; {waiting} wait in {registry.spool.path} for later" if waiting else "")
+          + skipped, file=sys.stderr)
     return 1 if invalid or stop.is_set() else 0
 
 
