@@ -134,6 +134,7 @@ def test_an_unreachable_broker_is_one_line(argv: list[str], database_url: str,
     assert code == 1
     err = _one_line(capsys)
     assert err.startswith(f"pudato-registry {argv[0]}: cannot use Kafka at 127.0.0.1:")
+    assert ": ;" not in err  # a reason, not an empty exception's text
     assert "dev up" in err
 
 
@@ -154,11 +155,18 @@ def test_bad_arguments_are_one_line_and_exit_2(argv: list[str],
         assert "(choose from 'pending', 'running', 'success', 'failed', 'cancelled')" in err
 
 
-def test_a_bad_setting_is_one_line(capsys: pytest.CaptureFixture[str],
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PUDATO_BATCH_SIZE", "lots")
+@pytest.mark.parametrize(("variable", "value", "said"), [
+    ("PUDATO_BATCH_SIZE", "lots", "PUDATO_BATCH_SIZE (--batch-size): Input should be a valid"),
+    ("PUDATO_KAFKA", "not json", "PUDATO_KAFKA (--kafka-config): not valid JSON"),
+    ("PUDATO_LOG_LEVEL", "verbose", "PUDATO_LOG_LEVEL (--log-level): Value error, 'verbose' is "
+     "not a log level: one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+])
+def test_a_bad_setting_is_one_line_naming_the_variable_and_the_flag(
+        variable: str, value: str, said: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, value)
     assert main(["jobs", "list"]) == 2
-    assert "bad setting batch_size" in _one_line(capsys)
+    assert f"pudato-registry: bad setting {said}" in _one_line(capsys)
 
 
 def test_control_characters_from_event_data_are_escaped(

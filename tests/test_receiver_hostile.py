@@ -122,7 +122,7 @@ def test_an_empty_api_key_is_a_start_up_error() -> None:
                           text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
-    assert "bad setting ol_api_key" in done.stderr
+    assert "bad setting PUDATO_OL_API_KEY" in done.stderr
     assert "the API key is empty" in done.stderr
 
 

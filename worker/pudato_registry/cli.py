@@ -8,6 +8,7 @@ import importlib.metadata
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from pudato_registry import logs
 from pudato_registry.present import safe
@@ -243,8 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
-        print(f"pudato-registry: bad setting {'.'.join(map(str, error['loc']))} (flag or "
-              f"PUDATO_* variable): {error['msg']}", file=sys.stderr)
+        field = str(error["loc"][0]) if error["loc"] else ""
+        print(f"pudato-registry: bad setting {_setting_names(field)}: {error['msg']}",
+              file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # a variable that does not parse (PUDATO_KAFKA='not json')
+        found = re.search(r'field "([^"]+)"', str(exc))
+        name = _setting_names(found.group(1)) if found else "a PUDATO_* variable"
+        print(f"pudato-registry: bad setting {name}: not valid JSON (give a JSON value, "
+              "e.g. PUDATO_KAFKA='{\"security.protocol\": \"SASL_SSL\"}')", file=sys.stderr)
         return 2
     scrub = logs.Scrub(settings.secrets())
     logs.configure(settings.log_level, settings.log_json, scrub.secrets)
@@ -258,6 +267,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = safe(" ".join(scrub.text(explain(exc, settings)).split()))
         print(f"pudato-registry {args.command}: {line}", file=sys.stderr)
         return 1
+
+
+def _setting_names(field: str) -> str:
+    """A setting as a user writes it: its PUDATO_* variable, and its flag if it has one."""
+    flags = [flag for flag, (name, _kind, _text) in _FLAGS.items() if name == field]
+    if field == "kafka":
+        flags.append("--kafka-config")
+    variable = f"PUDATO_{field.upper()}"
+    return f"{variable} ({flags[0]})" if flags else variable
 
 
 def explain(exc: BaseException, settings: Settings) -> str:
@@ -283,7 +301,13 @@ def explain(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, kafka.TopicMissingError):
         return str(exc)
     if isinstance(exc, KafkaException | kafka.DeliveryError | TimeoutError):
-        return (f"cannot use Kafka at {settings.bootstrap_servers}: {exc}; is it running and "
+        why = str(exc)
+        if isinstance(exc, KafkaException) and exc.args and hasattr(exc.args[0], "str"):
+            error = exc.args[0]  # a KafkaError: its text, else its code's name, not its repr
+            why = error.str() or error.name()
+        elif isinstance(exc, TimeoutError) and not why:
+            why = "no answer in time"
+        return (f"cannot use Kafka at {settings.bootstrap_servers}: {why}; is it running and "
                 "reachable? For a local one: `pudato-registry dev up`, then "
                 "`pudato-registry topics create`")
     if isinstance(exc, OSError | ValueError | RuntimeError):

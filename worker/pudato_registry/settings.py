@@ -26,6 +26,7 @@ DEFAULT_TOPIC = "pudato.registry.events"
 DEFAULT_DLQ_TOPIC = "pudato.registry.events.dlq"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _SECRET_KAFKA_KEYS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem")
 
@@ -153,6 +154,13 @@ class Settings(BaseSettings):
         "once (memory is about ten times this)")
     log_json: bool = Field(False, description="log one JSON object per line")
     log_level: str = Field("INFO", description="logging level")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, level: str) -> str:
+        if level.upper() not in LOG_LEVELS:
+            raise ValueError(f"{level!r} is not a log level: one of {', '.join(LOG_LEVELS)}")
+        return level.upper()
 
     @field_validator("ol_api_key")
     @classmethod
