@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from pudato_registry import factory, logs
 from pudato_registry.cli import main
 from pudato_registry.devstack import free_port
-from pudato_registry.settings import Settings, dsn_secrets, redact_dsn
+from pudato_registry.settings import Settings, dsn_secrets, redact_dsn, unknown_variables
 from tests.helpers import drain, messages_of
 from tests.services import Services, fresh_database, produce
 
@@ -183,3 +185,22 @@ def test_control_characters_from_event_data_are_escaped(
         assert not any(0x80 <= ord(c) < 0xA0 or (ord(c) < 0x20 and c != "\n") or c == "\x7f"
                        for c in out), argv
         assert "]0;pwned" in out
+
+
+def test_a_misspelt_variable_is_refused_with_the_setting_it_is_nearest(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PUDATO_DATABSE_URL", "postgresql://elsewhere/db")
+    assert main(["jobs", "list"]) == 2
+    assert _one_line(capsys) == (
+        "pudato-registry: PUDATO_DATABSE_URL is not a setting: did you mean "
+        "PUDATO_DATABASE_URL? (unset or rename it; the README lists every PUDATO_* variable)")
+    monkeypatch.delenv("PUDATO_DATABSE_URL")
+    monkeypatch.setenv("PUDATO_TEST_ANYTHING", "the tests' own")  # not a setting, and known
+    assert unknown_variables(os.environ) == []
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [f"PUDATO_{f.upper()}" for f in Settings.model_fields
+               if f"`PUDATO_{f.upper()}`" not in readme]
+    assert missing == []

@@ -286,3 +286,12 @@ def test_an_outage_spools_at_once_and_close_keeps_its_timeout(
     assert later.drain_spool(60) == 0
     later.close()
     assert len(_topic_ids(outage_settings)) == 5 + 9
+
+
+def test_a_misspelt_variable_is_a_warning_not_a_stop(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("PUDATO_TOPK", "mine")
+    with caplog.at_level(logging.WARNING, "pudato_registry.publisher"):
+        Registry().close()
+    assert "PUDATO_TOPK is not a setting and is ignored (did you mean PUDATO_TOPIC?)" in [
+        r.getMessage() for r in caplog.records]

@@ -23,7 +23,7 @@ from pydantic_settings import SettingsError
 
 from pudato_registry import logs
 from pudato_registry.present import safe
-from pudato_registry.settings import Settings, redact_dsn
+from pudato_registry.settings import Settings, redact_dsn, unknown_variables
 
 if TYPE_CHECKING:
     from pudato_registry.metrics import Metrics
@@ -241,6 +241,11 @@ def _time(text: str) -> datetime:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script: one clear line and exit 1 for any failure."""
     args = _parser().parse_args(argv)
+    for variable, near in unknown_variables(os.environ)[:1]:  # a misspelling is no default
+        hint = f"did you mean {near}? " if near else ""
+        print(f"pudato-registry: {variable} is not a setting: {hint}(unset or rename it; the "
+              "README lists every PUDATO_* variable)", file=sys.stderr)
+        return 2
     try:
         settings = _settings(args)
     except ValidationError as exc:

@@ -81,7 +81,7 @@ from pydantic import ValidationError
 
 from pudato_registry import factory, kafka
 from pudato_registry.events import DataReference, Event, ExecutionRecord
-from pudato_registry.settings import Settings
+from pudato_registry.settings import Settings, unknown_variables
 from pudato_registry.spool import Spool
 from pudato_registry.validate import Rejection, validate
 
@@ -571,6 +571,12 @@ class Registry:
     """
 
     def __init__(self, settings: Settings | None = None, *, spool_dir: Any = None) -> None:
+        if settings is None:
+            # A pipeline must not stop for it, but a misspelt variable silently means a
+            # default (another topic, another broker): say so.
+            for variable, near in unknown_variables(os.environ):
+                log.warning("%s is not a setting and is ignored%s", variable,
+                            f" (did you mean {near}?)" if near else "")
         self.settings = settings or Settings()
         self.producer = SpoolingProducer(self.settings,
                                          Path(spool_dir or self.settings.spool_dir))

@@ -11,9 +11,11 @@ and :meth:`Settings.secrets` lists what the logs scrub wherever it appears
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -215,6 +217,24 @@ class Settings(BaseSettings):
 _DSN_SECRET_KEYS = ("password", "sslpassword")
 _KEY_VALUE_SECRET = re.compile(
     r"(?i)\b(password|sslpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)")
+
+
+# PUDATO_* variables that are not settings: the tests' and the benches' services.
+_NOT_SETTINGS = ("PUDATO_TEST_", "PUDATO_BENCH_")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """The PUDATO_* variables no setting reads (a misspelling is silently ignored
+    otherwise), each with the setting's variable it is nearest to, if one is near."""
+    known = [f"PUDATO_{name.upper()}" for name in Settings.model_fields]
+    found = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if upper.startswith("PUDATO_") and upper not in known \
+                and not upper.startswith(_NOT_SETTINGS):
+            near = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+            found.append((variable, near[0] if near else None))
+    return found
 
 
 def dsn_secrets(dsn: str) -> list[str]:
