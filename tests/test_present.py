@@ -24,9 +24,29 @@ def test_table_aligns_columns_and_shows_times_to_the_millisecond() -> None:
     ]
     assert table(rows, ["job_id", "created_at"]).splitlines() == [
         "job_id  created_at",
-        "a       2026-11-01 12:00:00.123",
+        "a       2026-11-01 12:00:00.123Z",
         "longer",
     ]
+
+
+def test_long_cells_are_cut_in_the_middle_so_that_their_ends_differ() -> None:
+    stem = "spark_app.execute_insert_into_hadoop_fs_relation_command."
+    rows = [{"step_name": stem + "mart_payments_usd"}, {"step_name": stem + "mart_payments_eur"}]
+    first, second = table(rows, ["step_name"]).splitlines()[1:]
+    assert len(first) == 48
+    assert first.startswith("spark_app.execute_inse")
+    assert first.endswith("mart_payments_usd")
+    assert second.endswith("mart_payments_eur")
+    assert "..." in first
+
+
+def test_durations_show_beside_the_raw_milliseconds() -> None:
+    from pudato_registry.present import duration  # noqa: PLC0415
+
+    assert [duration(ms) for ms in (850, 4_200, 298_000, 7_500_000, 273_600_000)] == [
+        "850ms", "4.2s", "4m58s", "2h05m", "3d04h"]
+    assert table([{"duration_ms": 298_000}], ["duration_ms"]).splitlines()[1] == (
+        "298000 (4m58s)")
 
 
 def test_bidirectional_and_invisible_controls_are_escaped_in_tables_and_json() -> None:

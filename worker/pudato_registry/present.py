@@ -33,16 +33,44 @@ def safe(text: str) -> str:
 
 
 def cell(value: Any, width: int = 48) -> str:
-    """A value as a table cell: times in UTC to the millisecond, long text cut, controls escaped."""
+    """A value as a table cell: times in UTC to the millisecond (marked Z), long text cut in
+    the middle (ids and locations that share a start differ at their end), controls escaped."""
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
     text = "" if value is None else safe(str(value))
-    return text if len(text) <= width else text[:width - 3] + "..."
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 2
+    return f"{text[:head]}...{text[len(text) - (width - 3 - head):]}"
+
+
+def duration(ms: int) -> str:
+    """Milliseconds as a person reads them: 850ms, 4.2s, 4m58s, 2h05m, 3d04h."""
+    if ms < 1000:
+        return f"{ms}ms"
+    seconds = ms // 1000
+    if seconds < 60:
+        return f"{ms / 1000:.1f}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _cell_of(column: str, value: Any) -> str:
+    if column.endswith("_ms") and isinstance(value, int) and not isinstance(value, bool) \
+            and value >= 0:
+        return f"{value} ({duration(value)})"  # the raw value stays, for copying
+    return cell(value)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """Rows as aligned columns under a header line."""
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[_cell_of(c, r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
