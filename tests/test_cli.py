@@ -32,6 +32,18 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.kafka_config_redacted()["sasl.password"] == "***"
 
 
+def test_settings_flags_work_before_the_command_and_after_it_wins() -> None:
+    from pudato_registry.cli import _parser, _settings  # noqa: PLC0415
+
+    before = _settings(_parser().parse_args(["--topic", "t.before", "--log-json", "jobs",
+                                             "list", "--batch-size", "7"]))
+    assert (before.topic, before.log_json, before.batch_size) == ("t.before", True, 7)
+    both = _settings(_parser().parse_args(["--topic", "t.before", "worker", "--topic",
+                                           "t.after"]))
+    assert both.topic == "t.after"
+    assert _settings(_parser().parse_args(["worker"])).topic == Settings().topic
+
+
 def test_secrets_never_reach_the_logs(services: Services, caplog: pytest.LogCaptureFixture,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     url = services.database_url.replace("pudato@", "pudato:hunter2@")

@@ -52,10 +52,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         field: getattr(args, field) for field, _t, _h in _FLAGS.values()
         if getattr(args, field, None) is not None
     }
-    if args.log_json:
+    if getattr(args, "log_json", False):
         overrides["log_json"] = True
     base = Settings(**overrides)
-    if args.kafka_config:
+    if getattr(args, "kafka_config", None):
         extra = base.kafka_config()
         for item in args.kafka_config:
             key, sep, value = item.partition("=")
@@ -67,7 +67,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    # Absent unless given (SUPPRESS), before the subcommand or after it: a subcommand's
+    # defaults would otherwise overwrite what was given before it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     for flag, (field, kind, text) in _FLAGS.items():
         common.add_argument(flag, dest=field, type=kind, help=text)
     common.add_argument("--kafka-config", action="append", metavar="KEY=VALUE",
@@ -75,8 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--log-json", action="store_true", help="log JSON lines")
 
     parser = argparse.ArgumentParser(
-        prog="pudato-registry",
-        description="The pudato job registry: lifecycle events from Kafka into PostgreSQL.",
+        prog="pudato-registry", parents=[common],
+        description="The pudato job registry: lifecycle events from Kafka into PostgreSQL. "
+        "Settings come from flags (before or after the command) or PUDATO_* variables.",
     )
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {importlib.metadata.version('pudato-registry')}")
