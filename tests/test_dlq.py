@@ -33,7 +33,9 @@ def test_redrive_after_a_fix_applies_each_letter_once(
     assert all(d["source"].startswith(settings.topic) for d in letters)
     assert table_rows(settings.database_dsn) != expected_rows(events)
 
-    # The fix: the default limit. Redrive the too-large ones, twice.
+    # The fix: the default limit. Redrive the too-large ones, twice; first, a dry run.
+    assert main(["dlq", "redrive", "--kind", "too_large", "--dry-run", *_args(settings)]) == 0
+    assert f"{len(too_large)} would be re-published" in capsys.readouterr().out
     for already in (0, len(too_large)):
         assert main(["dlq", "redrive", "--kind", "too_large", *_args(settings)]) == 0
         out = capsys.readouterr().out
@@ -63,9 +65,16 @@ def test_letters_with_bad_or_truncated_headers_are_listed_and_never_redriven_cut
     listed = capsys.readouterr().out
     assert "not_object" in listed
     assert "too_large" in listed
+    # k1's value, {}, would be dead-lettered again as it is: left alone unless forced.
     assert main(["dlq", "redrive", *_args(settings)]) == 0
     out = capsys.readouterr().out
-    assert "1 re-published" in out
+    assert "0 re-published" in out
     assert "1 truncated letters skipped" in out
+    assert "1 the worker would refuse again as they are skipped (--force" in out
+    assert main(["dlq", "redrive", "--force", "--dry-run", *_args(settings)]) == 0
+    assert "redrive (dry run): 2 selected, 1 would be re-published" in capsys.readouterr().out
+    assert read_topic(settings, settings.topic) == []
+    assert main(["dlq", "redrive", "--force", *_args(settings)]) == 0
+    assert "1 re-published" in capsys.readouterr().out
     redriven = [r for r in read_topic(settings, settings.topic) if "redriven_from" in r.headers]
     assert [r.key for r in redriven] == [b"k1"]

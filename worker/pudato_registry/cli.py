@@ -160,6 +160,10 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     redrive.add_argument("--kind", help="only letters of this error kind")
     redrive.add_argument("--since", type=_time, metavar="TIME",
                          help="only letters dead-lettered since TIME")
+    redrive.add_argument("--dry-run", action="store_true",
+                         help="say what would be re-published; publish nothing")
+    redrive.add_argument("--force", action="store_true",
+                         help="re-publish letters the worker would refuse again as they are")
 
     jobs = sub.add_parser("jobs", help="query jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -536,11 +540,16 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
             print(f"... and {more} more dead letters, not shown: raise --limit (now "
                   f"{args.limit})", file=sys.stderr if args.json else sys.stdout)
         return 0
-    report = dlq.redrive(settings, kind=args.kind, since=args.since)
-    print(f"redrive: {report.selected} selected, {report.redriven} re-published to "
-          f"{settings.topic}, {report.already} redriven before (skipped)"
+    report = dlq.redrive(settings, kind=args.kind, since=args.since, dry_run=args.dry_run,
+                         force=args.force)
+    done = "would be re-published" if report.dry_run else "re-published"
+    print(f"redrive{' (dry run)' if report.dry_run else ''}: {report.selected} selected, "
+          f"{report.redriven} {done} to {settings.topic}, {report.already} redriven before "
+          "(skipped)"
           + (f", {report.truncated} truncated letters skipped (their originals stay at their "
-             "source.* offsets in the event topic)" if report.truncated else ""))
+             "source.* offsets in the event topic)" if report.truncated else "")
+          + (f", {report.hopeless} the worker would refuse again as they are skipped "
+             "(--force sends them anyway)" if report.hopeless else ""))
     return 0
 
 

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from pudato_registry import kafka, store
 from pudato_registry.settings import Settings
+from pudato_registry.validate import Rejection, validate
 
 
 def _number(text: str | None) -> int | None:
@@ -129,21 +130,39 @@ class RedriveReport:
     """What a redrive did."""
 
     selected: int
-    redriven: int
+    redriven: int  # (with dry_run: would be)
     already: int
     truncated: int = 0  # letters holding a prefix only: not redriven (the original is kept)
+    hopeless: int = 0  # the worker would dead-letter them again as they are: not redriven
+    dry_run: bool = False
 
 
-def redrive(settings: Settings, *, kind: str | None = None,
-            since: datetime | None = None) -> RedriveReport:
-    """Re-publish the selected dead letters to the event topic, each at most once."""
+def redrive(settings: Settings, *, kind: str | None = None, since: datetime | None = None,
+            dry_run: bool = False, force: bool = False) -> RedriveReport:
+    """Re-publish the selected dead letters to the event topic, each at most once.
+
+    A letter the worker's validation (with these settings) refuses as it is, say
+    ``not_json`` or a tombstone, would only be dead-lettered again: it is left
+    alone unless ``force``. ``dry_run`` says what would be done and does nothing.
+    """
     chosen = select(read_all(settings), kind=kind, since=since)
     done = store.redriven_digests(settings.database_dsn, [d.digest() for d in chosen])
     todo: dict[str, DeadLetter] = {}
     cut = [letter for letter in chosen if letter.truncated]
+    hopeless = 0
     for letter in chosen:
-        if letter.digest() not in done and not letter.truncated:
-            todo.setdefault(letter.digest(), letter)
+        if letter.digest() in done or letter.truncated or letter.digest() in todo:
+            continue
+        if not force and isinstance(validate(letter.value, settings.max_message_bytes),
+                                    Rejection):
+            hopeless += 1
+            continue
+        todo[letter.digest()] = letter
+    report = RedriveReport(selected=len(chosen), redriven=len(todo),
+                           already=len(chosen) - len(todo) - len(cut) - hopeless,
+                           truncated=len(cut), hopeless=hopeless, dry_run=dry_run)
+    if dry_run or not todo:
+        return report
     producer = kafka.make_producer(settings, **{"client.id": "pudato-redrive"})
     kafka.deliver(producer, settings.topic, (
         (letter.key, letter.value,
@@ -153,5 +172,4 @@ def redrive(settings: Settings, *, kind: str | None = None,
     store.record_redriven(settings.database_dsn, [
         (digest, d.kind, *d.source_position()) for digest, d in todo.items()
     ])
-    return RedriveReport(selected=len(chosen), redriven=len(todo),
-                         already=len(chosen) - len(todo) - len(cut), truncated=len(cut))
+    return report
