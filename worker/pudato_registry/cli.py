@@ -495,7 +495,7 @@ def _serve(settings: Settings) -> int:
         receiver.serve(server, app, stop)
     finally:
         app.close()
-    log.info("receiver stopped: %s", app.counts)
+    log.info("receiver stopped: %s", ", ".join(f"{n} {what}" for what, n in app.counts.items()))
     return 0
 
 

@@ -123,5 +123,7 @@ def run_demo(settings: Settings, timeout: float = 120.0) -> int:
             print("\npudato_job_steps:")
             _show(queries.all_steps(local.database_dsn),
                   ["step_name", "status", "started_at", "completed_at", "duration_ms", "error"])
-            print(f"\nworker: {worker.stats}")
+            s = worker.stats
+            print(f"\nworker: consumed {s.consumed} events, applied {s.applied}, duplicates "
+                  f"{s.duplicates}, dead-lettered {s.dead_lettered}, in {s.batches} batches")
     return 0
