@@ -125,5 +125,6 @@ def run_demo(settings: Settings, timeout: float = 120.0) -> int:
                   ["step_name", "status", "started_at", "completed_at", "duration_ms", "error"])
             s = worker.stats
             print(f"\nworker: consumed {s.consumed} events, applied {s.applied}, duplicates "
-                  f"{s.duplicates}, dead-lettered {s.dead_lettered}, in {s.batches} batches")
+                  f"{s.duplicates}, dead-lettered {s.dead_lettered}, in {s.batches} "
+                  f"batch{'' if s.batches == 1 else 'es'}")
     return 0
