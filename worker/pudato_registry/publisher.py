@@ -457,7 +457,8 @@ class SpoolingProducer:
             return
         if self._producer is None:  # never used, or its client could not be built
             self._closed = True
-            self._spool_the_rest()
+            if self._to_spool:
+                self._spool_the_rest()
             return
         ends = time.monotonic() + budget
         if not self._healthy and not self._stop.is_set():
