@@ -31,6 +31,12 @@ def test_redrive_after_a_fix_applies_each_letter_once(
     assert too_large
     assert len(letters) == len(too_large) + 1
     assert all(d["source"].startswith(settings.topic) for d in letters)
+    # The JSON holds each letter whole; --kind picks one kind.
+    [bad] = [d for d in letters if d["kind"] == "not_json"]
+    assert (bad["key"], bad["value"], bad["headers"]["error.kind"]) == ("k", "not json",
+                                                                         "not_json")
+    assert main(["dlq", "list", "--json", "--kind", "not_json", *_args(settings)]) == 0
+    assert [d["offset"] for d in json.loads(capsys.readouterr().out)] == [bad["offset"]]
     assert table_rows(settings.database_dsn) != expected_rows(events)
 
     # The fix: the default limit. Redrive the too-large ones, twice; first, a dry run.
@@ -78,3 +84,11 @@ def test_letters_with_bad_or_truncated_headers_are_listed_and_never_redriven_cut
     assert "1 re-published" in capsys.readouterr().out
     redriven = [r for r in read_topic(settings, settings.topic) if "redriven_from" in r.headers]
     assert [r.key for r in redriven] == [b"k1"]
+
+
+def test_letter_bytes_reach_json_losslessly() -> None:
+    from pudato_registry.dlq import as_data  # noqa: PLC0415
+
+    assert as_data(b'{"a": 1}', "value") == {"value": '{"a": 1}'}
+    assert as_data(b"\xff\x00", "value") == {"value_base64": "/wA="}
+    assert as_data(None, "key") == {"key": None}

@@ -152,7 +152,9 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     dlq = sub.add_parser("dlq", help="dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", parents=[common], help="list the dead letters")
-    dlq_list.add_argument("--json", action="store_true")
+    dlq_list.add_argument("--json", action="store_true",
+                          help="JSON, with each letter's key, value and headers")
+    dlq_list.add_argument("--kind", help="only letters of this error kind (not_json, ...)")
     dlq_list.add_argument("--limit", type=_count, default=100,
                           help="at most this many letters (100); a line says how many more")
     redrive = dlq_sub.add_parser("redrive", parents=[common],
@@ -529,10 +531,14 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
     from pudato_registry.present import as_json, table  # noqa: PLC0415
 
     if args.dlq_command == "list":
-        letters, more = dlq.read(settings, args.limit)
-        rows = [{"partition": d.partition, "offset": d.offset, "kind": d.kind,
-                 "error": d.error, "source": d.source, "dead_lettered_at": d.dead_lettered_at,
-                 "preview": d.preview()} for d in letters]
+        letters, more = dlq.read(settings, args.limit, kind=args.kind)
+        rows: list[dict[str, Any]] = [
+            {"partition": d.partition, "offset": d.offset, "kind": d.kind, "error": d.error,
+             "source": d.source, "dead_lettered_at": d.dead_lettered_at, "preview": d.preview()}
+            for d in letters]
+        if args.json:  # all of each letter, for a script: key, value, headers
+            rows = [{**row, **dlq.as_data(d.key, "key"), **dlq.as_data(d.value, "value"),
+                     "headers": d.headers} for row, d in zip(rows, letters, strict=True)]
         print(as_json(rows) if args.json else table(
             rows, ["partition", "offset", "kind", "source", "dead_lettered_at", "error",
                    "preview"]))

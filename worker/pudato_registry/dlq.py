@@ -10,6 +10,7 @@ worker drops the second copy by its event id.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,8 +93,10 @@ def read_all(settings: Settings) -> list[DeadLetter]:
     return read(settings)[0]
 
 
-def read(settings: Settings, limit: int | None = None) -> tuple[list[DeadLetter], int]:
-    """The first ``limit`` dead letters by partition and offset, and how many more there are.
+def read(settings: Settings, limit: int | None = None,
+         kind: str | None = None) -> tuple[list[DeadLetter], int]:
+    """The first ``limit`` dead letters by partition and offset (of ``kind`` only, if given),
+    and how many more there are.
 
     Memory holds at most ``limit`` letters, however many the topic has.
     """
@@ -103,18 +106,27 @@ def read(settings: Settings, limit: int | None = None) -> tuple[list[DeadLetter]
     try:
         reader.start()
         for batch in reader.read_until(reader.end_offsets()):
-            seen += len(batch)
-            letters.extend(
-                DeadLetter(m.partition() or 0, m.offset() or 0, m.key(), m.value(),
-                           kafka.headers_dict(m.headers()))
-                for m in batch
-            )
+            found = [DeadLetter(m.partition() or 0, m.offset() or 0, m.key(), m.value(),
+                                kafka.headers_dict(m.headers())) for m in batch]
+            found = [d for d in found if kind is None or d.kind == kind]
+            seen += len(found)
+            letters.extend(found)
             letters.sort(key=lambda d: (d.partition, d.offset))
             if limit is not None:
                 del letters[limit:]
     finally:
         reader.close()
     return letters, seen - len(letters)
+
+
+def as_data(value: bytes | None, name: str) -> dict[str, str | None]:
+    """Bytes for JSON, losslessly: ``name`` as text if they are UTF-8, else ``name_base64``."""
+    if value is None:
+        return {name: None}
+    try:
+        return {name: value.decode()}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(value).decode()}
 
 
 def select(letters: Sequence[DeadLetter], *, kind: str | None = None,
