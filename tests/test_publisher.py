@@ -252,6 +252,27 @@ def test_publish_dry_run_validates_every_line_and_sends_nothing(
     assert not (s.spool_dir / "spool.sqlite3").exists()
 
 
+def test_publish_fail_on_spooled_exits_3_when_events_wait_in_the_spool(
+        publisher_settings: Settings, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pudato_registry import factory  # noqa: PLC0415
+    from pudato_registry.cli import main  # noqa: PLC0415
+
+    source = tmp_path / "one.jsonl"
+    source.write_bytes(factory.encode(factory.job_submitted("job-sp", pipeline="p")) + b"\n")
+    s = publisher_settings
+    args = ["publish", str(source), "--fail-on-spooled", "--bootstrap-servers",
+            s.bootstrap_servers, "--topic", s.topic, "--spool-dir", str(s.spool_dir),
+            "--wait", "5"]
+    # A client that cannot be built (linger over the delivery timeout): it is spooled.
+    assert main([*args, "--kafka-config", "linger.ms=60000"]) == 3
+    assert f"1 wait in {s.spool_dir / 'spool.sqlite3'}" in capsys.readouterr().err
+    assert main(args) == 0  # this run sends the one left before, then its own
+    assert "and re-sent 2 from the spool (this run's or earlier ones)" in (
+        capsys.readouterr().err)
+    assert len(_topic_events(s)) == 2
+
+
 def test_one_registry_serves_many_threads(publisher_settings: Settings) -> None:
     import threading  # noqa: PLC0415
 

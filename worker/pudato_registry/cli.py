@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="seconds to wait for delivery before leaving the rest spooled")
     publish.add_argument("--dry-run", action="store_true",
                          help="validate every line and say what would be sent; send nothing")
+    publish.add_argument("--fail-on-spooled", action="store_true",
+                         help="exit 3 if events are left in the spool (not on the topic yet)")
     dev = sub.add_parser("dev", help="the local Kafka + PostgreSQL stack (no Docker needed)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", parents=[common],
@@ -347,7 +349,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         return _worker(args, settings)
     if args.command == "publish":
-        return _publish(args.file, args.wait, settings, dry_run=args.dry_run)
+        return _publish(args.file, args.wait, settings, dry_run=args.dry_run,
+                        fail_on_spooled=args.fail_on_spooled)
     if args.command == "dev":
         return _dev_up(args.dir, settings, keep=args.keep)
     if args.command == "replay":
@@ -605,7 +608,8 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _publish(source: str, wait: float, settings: Settings, *, dry_run: bool = False) -> int:
+def _publish(source: str, wait: float, settings: Settings, *, dry_run: bool = False,
+             fail_on_spooled: bool = False) -> int:
     from pudato_registry import kafka  # noqa: PLC0415
     from pudato_registry.events import EVENT_ADAPTER  # noqa: PLC0415
     from pudato_registry.publisher import Registry  # noqa: PLC0415
@@ -648,10 +652,15 @@ def _publish(source: str, wait: float, settings: Settings, *, dry_run: bool = Fa
     # A stop cuts the wait short: what is not delivered within a second is spooled.
     registry.close(timeout=1.0 if stop.is_set() else wait)
     waiting = registry.pending()  # this run's, and any an earlier run left
-    print(f"published {registry.stats.delivered} of {sent} events"
+    stats = registry.stats
+    print(f"published {stats.delivered} of {sent} events"
+          + (f", and re-sent {stats.resent} from the spool (this run's or earlier ones)"
+             if stats.resent else "")
           + (f"; {waiting} wait in {registry.spool.path} for later" if waiting else "")
           + skipped, file=sys.stderr)
-    return 1 if invalid or stop.is_set() else 0
+    if invalid or stop.is_set():
+        return 1
+    return 3 if fail_on_spooled and waiting else 0
 
 
 def _lines_until(fd: int, stop: threading.Event) -> Iterator[bytes | None]:
