@@ -252,7 +252,7 @@ def test_publish_dry_run_validates_every_line_and_sends_nothing(
     assert not (s.spool_dir / "spool.sqlite3").exists()
 
 
-def test_publish_fail_on_spooled_exits_3_when_events_wait_in_the_spool(
+def test_publish_fail_on_spooled_and_the_spool_commands(
         publisher_settings: Settings, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     from pudato_registry import factory  # noqa: PLC0415
@@ -267,10 +267,19 @@ def test_publish_fail_on_spooled_exits_3_when_events_wait_in_the_spool(
     # A client that cannot be built (linger over the delivery timeout): it is spooled.
     assert main([*args, "--kafka-config", "linger.ms=60000"]) == 3
     assert f"1 wait in {s.spool_dir / 'spool.sqlite3'}" in capsys.readouterr().err
+    where = ["--spool-dir", str(s.spool_dir), "--bootstrap-servers", s.bootstrap_servers,
+             "--topic", s.topic]
+    assert main(["spool", "list", *where]) == 0
+    assert "1 events wait to be sent; 0 set aside" in capsys.readouterr().out
+    assert main(["spool", "flush", *where]) == 0
+    assert "re-sent 1 events" in capsys.readouterr().out
+    assert main(["spool", "flush", *where]) == 0
+    assert "nothing waits" in capsys.readouterr().out
+    assert main([*args, "--kafka-config", "linger.ms=60000"]) == 3  # spooled again
     assert main(args) == 0  # this run sends the one left before, then its own
     assert "and re-sent 2 from the spool (this run's or earlier ones)" in (
         capsys.readouterr().err)
-    assert len(_topic_events(s)) == 2
+    assert len(_topic_events(s)) == 3
 
 
 def test_one_registry_serves_many_threads(publisher_settings: Settings) -> None:

@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -106,6 +106,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="validate every line and say what would be sent; send nothing")
     publish.add_argument("--fail-on-spooled", action="store_true",
                          help="exit 3 if events are left in the spool (not on the topic yet)")
+    spool = sub.add_parser("spool", help="the publisher's spool of undelivered events")
+    spool_sub = spool.add_subparsers(dest="spool_command", required=True)
+    spool_sub.add_parser("list", parents=[common],
+                         help="where the spool is and what waits in it")
+    flush = spool_sub.add_parser("flush", parents=[common],
+                                 help="send what waits in the spool now")
+    flush.add_argument("--wait", type=float, default=60.0,
+                       help="seconds to wait for the broker to take it all")
     dev = sub.add_parser("dev", help="the local Kafka + PostgreSQL stack (no Docker needed)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", parents=[common],
@@ -332,42 +340,43 @@ def explain(exc: BaseException, settings: Settings) -> str:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    if args.command == "schema":
-        from pudato_registry.events import json_schema  # noqa: PLC0415 - fast start-up
+    commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "schema": _schema, "migrate": lambda _a, s: _migrate(s), "topics": _topics,
+        "worker": _worker, "spool": _spool, "replay": _replay, "dlq": _dlq,
+        "jobs": _query, "lineage": _query, "openlineage": _openlineage, "demo": _demo,
+        "publish": lambda a, s: _publish(a.file, a.wait, s, dry_run=a.dry_run,
+                                         fail_on_spooled=a.fail_on_spooled),
+        "dev": lambda a, s: _dev_up(a.dir, s, keep=a.keep),
+    }
+    return commands[args.command](args, settings)  # argparse enforces the choices
 
-        schema = msgspec.json.format(msgspec.json.encode(json_schema()), indent=2)
-        sys.stdout.write(schema.decode() + "\n")
-        return 0
-    if args.command == "migrate":
-        return _migrate(settings)
-    if args.command == "topics":
-        from pudato_registry import kafka  # noqa: PLC0415
 
-        created = kafka.create_topics(settings)
-        print(f"created: {', '.join(created) or 'nothing (both exist)'}")
-        return 0
-    if args.command == "worker":
-        return _worker(args, settings)
-    if args.command == "publish":
-        return _publish(args.file, args.wait, settings, dry_run=args.dry_run,
-                        fail_on_spooled=args.fail_on_spooled)
-    if args.command == "dev":
-        return _dev_up(args.dir, settings, keep=args.keep)
-    if args.command == "replay":
-        return _replay(args, settings)
-    if args.command == "dlq":
-        return _dlq(args, settings)
-    if args.command in ("jobs", "lineage"):
-        return _query(args, settings)
-    if args.command == "openlineage":
-        if args.ol_command == "bridge":
-            return _bridge(args, settings)
-        return _serve(_serve_settings(args, settings))
-    if args.command == "demo":
-        from pudato_registry.demo import run_demo  # noqa: PLC0415
+def _schema(_args: argparse.Namespace, _settings: Settings) -> int:
+    from pudato_registry.events import json_schema  # noqa: PLC0415 - fast start-up
 
-        return run_demo(settings)
-    raise AssertionError(args.command)  # pragma: no cover - argparse enforces the choices
+    schema = msgspec.json.format(msgspec.json.encode(json_schema()), indent=2)
+    sys.stdout.write(schema.decode() + "\n")
+    return 0
+
+
+def _topics(_args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry import kafka  # noqa: PLC0415
+
+    created = kafka.create_topics(settings)
+    print(f"created: {', '.join(created) or 'nothing (both exist)'}")
+    return 0
+
+
+def _openlineage(args: argparse.Namespace, settings: Settings) -> int:
+    if args.ol_command == "bridge":
+        return _bridge(args, settings)
+    return _serve(_serve_settings(args, settings))
+
+
+def _demo(_args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(settings)
 
 
 def _migrate(settings: Settings) -> int:
@@ -661,6 +670,30 @@ def _publish(source: str, wait: float, settings: Settings, *, dry_run: bool = Fa
     if invalid or stop.is_set():
         return 1
     return 3 if fail_on_spooled and waiting else 0
+
+
+def _spool(args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry.publisher import Registry  # noqa: PLC0415
+    from pudato_registry.spool import Spool  # noqa: PLC0415
+
+    spool = Spool(settings.spool_dir, settings.spool_max_bytes)
+    if args.spool_command == "list":
+        waiting, aside = spool.count(), spool.set_aside_count()
+        spool.close()
+        print(f"{spool.path}: {waiting} events wait to be sent; {aside} set aside (the broker "
+              "refused them for good; table set_aside)")
+        return 0
+    if spool.count() == 0:
+        print(f"{spool.path}: nothing waits")
+        return 0
+    spool.close()
+    # SIGTERM may end it any time: a row leaves the spool only once the broker has it.
+    registry = Registry(settings)
+    left = registry.drain_spool(args.wait)
+    registry.close(timeout=1.0)
+    print(f"re-sent {registry.stats.resent} events from {registry.spool.path}"
+          + (f"; {left} still wait (is the broker reachable?)" if left else ""))
+    return 3 if left else 0
 
 
 def _lines_until(fd: int, stop: threading.Event) -> Iterator[bytes | None]:
