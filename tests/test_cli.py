@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -216,3 +217,22 @@ def test_every_setting_is_in_the_readme() -> None:
     missing = [f"PUDATO_{f.upper()}" for f in Settings.model_fields
                if f"`PUDATO_{f.upper()}`" not in readme]
     assert missing == []
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> list[str]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                nested = _commands(sub, f"{prefix}{name} ")
+                found += nested or [f"{prefix}{name}"]
+    return found
+
+
+def test_every_command_is_in_the_readme() -> None:
+    from pudato_registry.cli import _parser  # noqa: PLC0415
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    commands = _commands(_parser())
+    assert len(commands) > 15
+    assert [c for c in commands if f"pudato-registry {c}" not in readme] == []
