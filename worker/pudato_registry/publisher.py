@@ -458,7 +458,9 @@ class SpoolingProducer:
         if self._producer is None:  # never used, or its client could not be built
             self._closed = True
             if self._to_spool:
-                self._spool_the_rest()
+                self._spool_the_rest()  # closes the spool too
+            else:
+                self.spool.close()  # (a no-op if this process never opened it)
             return
         ends = time.monotonic() + budget
         if not self._healthy and not self._stop.is_set():
