@@ -70,6 +70,15 @@ def test_json_log_lines() -> None:
     assert line["level"] == "warning"
     assert line["message"] == "dead-lettered x"
     assert line["logger"] == "pudato_registry.loop"
+    assert set(line) == {"time", "level", "logger", "message"}
+    # What a call gives with extra= is a field of its own, for a collector to filter on.
+    record.__dict__.update(topic="t", partition=3, offset=41, kind="not_json")
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert (line["topic"], line["partition"], line["offset"], line["kind"]) == (
+        "t", 3, 41, "not_json")
+    record.__dict__["dsn"] = "postgresql://u:hunter2@h/db"  # secrets masked in fields too
+    logs.Scrub(["hunter2"]).filter(record)
+    assert json.loads(logs.JsonFormatter().format(record))["dsn"] == "postgresql://u:***@h/db"
 
 
 # --- secrets: never shown, in any form --------------------------------------------------------

@@ -550,7 +550,9 @@ class DeadLetters:
         for message, kind, reason in letters:
             # One line each, however large the message: the reason is capped as in the letter.
             log.warning("dead-lettered %s[%d]@%d: %s: %s", message.topic(), message.partition(),
-                        message.offset(), kind, cap_utf8(reason, ERROR_HEADER_MAX_BYTES))
+                        message.offset(), kind, cap_utf8(reason, ERROR_HEADER_MAX_BYTES),
+                        extra={"topic": message.topic(), "partition": message.partition(),
+                               "offset": message.offset(), "kind": kind})
 
 
 def _cut_headers(what: str, original: bytes) -> Headers:

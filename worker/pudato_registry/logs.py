@@ -11,18 +11,27 @@ from datetime import UTC, datetime
 
 import msgspec
 
+# What every LogRecord has: anything else came with ``extra=`` and becomes a JSON field.
+_RECORD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message (and the exception)."""
+    """One JSON object per record: time, level, logger, message, the fields a call gave with
+    ``extra=`` (topic, partition, offset ... for a collector to filter on), the exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as a JSON line."""
-        entry = {
+        entry: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for name, value in vars(record).items():
+            if name not in _RECORD and name not in entry:
+                entry[name] = value if isinstance(value, str | int | float | bool) or \
+                    value is None else str(value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return msgspec.json.encode(entry).decode()
@@ -45,6 +54,9 @@ class Scrub(logging.Filter):
         """Mask the record's message and exception text; keep the record."""
         if self.secrets:
             record.msg, record.args = self.text(record.getMessage()), None
+            for name, value in list(vars(record).items()):  # the fields extra= gave too
+                if name not in _RECORD and isinstance(value, str):
+                    setattr(record, name, self.text(value))
             if record.exc_info and not record.exc_text:
                 record.exc_text = logging.Formatter().formatException(record.exc_info)
             if record.exc_text:
