@@ -42,7 +42,6 @@ FRAMING_BYTES = 2048  # a record's key (a correlation id), headers and batch fra
 MIN_EVENT_BYTES = 64 * 1024
 BATCH_BYTES = 1_000_000  # librdkafka's default batch.size
 Partition = tuple[str, int]
-CLOSE_ON_STOP_S = 2.0  # a stop waits this long for the final commit, then leaves
 
 
 @dataclass
@@ -134,7 +133,7 @@ class Bridge:
 
     def _close(self) -> None:
         stopping = self._stop.is_set()
-        if not kafka.close_consumer(self.consumer, CLOSE_ON_STOP_S if stopping else 30.0):
+        if not kafka.close_consumer(self.consumer, kafka.CLOSE_ON_STOP_S if stopping else 30.0):
             log.warning("Kafka is away: leaving without committing the last offsets; their "
                         "RunEvents are bridged again on the next start")
         self._member.release()

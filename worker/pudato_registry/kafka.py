@@ -157,6 +157,18 @@ def lags(consumer: Consumer, assigned: Iterable[tuple[str, int]]) -> list[tuple[
     return out
 
 
+CLOSE_ON_STOP_S = 2.0  # on a stop, the final commit and close get this long, then are left
+
+
+def commit_stored(consumer: Consumer) -> None:
+    """Commit the stored offsets now, and wait; a failure is logged (they are read again)."""
+    try:
+        consumer.commit(asynchronous=False)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError._NO_OFFSET:
+            log.warning("offset commit failed: %s", exc)
+
+
 def close_consumer(consumer: Consumer, within: float, *, commit: bool = False) -> bool:
     """Commit (if asked) and close ``consumer``, waiting at most ``within`` s; True if it did.
 
@@ -170,10 +182,7 @@ def close_consumer(consumer: Consumer, within: float, *, commit: bool = False) -
     def close() -> None:
         try:
             if commit:
-                consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("offset commit failed: %s", exc)
+                commit_stored(consumer)
         finally:
             consumer.close()
 
@@ -431,6 +440,10 @@ def require_topics(settings: Settings, *topics: str) -> None:
         )
 
 
+# What the broker says of a topic that does not exist (in metadata, or a delivery report).
+UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+
+
 def topic_missing(settings: Settings, topic: str, timeout: float = 5.0) -> bool:
     """True if the broker answers and says ``topic`` does not exist; False if it is there,
     or if no broker answers within ``timeout`` s (an outage, not a missing topic)."""
@@ -439,8 +452,7 @@ def topic_missing(settings: Settings, topic: str, timeout: float = 5.0) -> bool:
     except KafkaException:
         return False
     found = metadata.topics.get(topic)
-    return found is None or (found.error is not None and found.error.code() in (
-        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC))
+    return found is None or (found.error is not None and found.error.code() in UNKNOWN_TOPIC)
 
 
 def require_topic(settings: Settings) -> None:
@@ -703,8 +715,8 @@ class PartitionReader:
 
         A batch holds at most the settings' ``batch_size`` messages and
         ``batch_max_bytes`` of values, as the worker's (a larger message makes
-        a batch of its own). ``wait_s``: how long one fetch may wait for a
-        batch to fill (a consume returns early only once it is full).
+        a batch of its own). ``wait_s``: how long a batch may wait to fill; it
+        ends sooner once full, or once every partition has reached its target.
         """
         def behind() -> bool:
             return any(self.positions.get(p, 0) < end for p, end in targets.items())

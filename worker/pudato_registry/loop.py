@@ -77,7 +77,6 @@ class FatalError(RuntimeError):
 
 
 BROKER_AWAY_S = 10.0  # transport errors this long, unbroken: not ready
-CLOSE_ON_STOP_S = 2.0  # a stop waits this long for the final commit, then leaves
 
 
 class StoppedError(Exception):
@@ -262,6 +261,51 @@ def apply_events(store: Store, events: Sequence[Event], *, rewrite: bool = False
     store.apply(job_ids, step_ids, compute)
     assert plan is not None
     return plan
+
+
+def fold_ahead(events: Sequence[Event], job_ids: Sequence[str], step_ids: Sequence[str],
+               written: States, read: Callable[[list[str], list[str]], States]) -> tuple[
+                   States, Plan]:
+    """Fold ``events`` while the batch before them commits: the states it writes
+    (``written``) for its entities, ``read`` (the committed ones) for the others.
+
+    Returns the states the fold began from, and its plan: :func:`commit_plan`
+    writes it, folding again should the states have moved meanwhile.
+    """
+    stored = read([i for i in job_ids if i not in written.jobs],
+                  [i for i in step_ids if i not in written.steps])
+    base = States(
+        jobs={**{i: written.jobs[i] for i in job_ids if i in written.jobs}, **stored.jobs},
+        steps={**{i: written.steps[i] for i in step_ids if i in written.steps},
+               **stored.steps})
+    return base, plan_writes(events, base)
+
+
+def commit_plan(store: Store, events: Sequence[Event], job_ids: Sequence[str],
+                step_ids: Sequence[str], *, base: States, plan: Plan, recheck: bool,
+                on_refold: Callable[[], None] = lambda: None) -> Plan:
+    """Write a plan :func:`fold_ahead` made, in one transaction; return the plan written.
+
+    Without ``recheck`` (a first attempt) only the states the fold began from are
+    read back: an entity it took as new is COPYed in, and if another writer
+    created it since, its primary key fails (23505, transient). ``recheck``
+    (a retry) reads every entity's state. States that moved are folded again.
+    """
+    if not recheck:
+        job_ids = [i for i in job_ids if i in base.jobs]
+        step_ids = [i for i in step_ids if i in base.steps]
+    written = plan
+
+    def compute(current: States) -> Writes:
+        nonlocal written
+        if current == base:
+            return plan.writes
+        on_refold()
+        written = plan_writes(events, current)
+        return written.writes
+
+    store.apply(job_ids, step_ids, compute)
+    return written
 
 
 def isolate(apply: Callable[[Sequence[Event]], Plan], events: Sequence[Event]) -> Isolated:
@@ -521,20 +565,12 @@ class Worker:
         job_ids, step_ids = entity_ids(batch.events)
         # Fold ahead while the previous batch commits: its entities' states come
         # from its result, the others' from the database (nothing writes them now).
-        written = self._written
-        stored = self._retry(
-            "read", self.store.read_states,
-            [i for i in job_ids if i not in written.jobs],
-            [i for i in step_ids if i not in written.steps], deadline=batch.deadline)
-        base = States(
-            jobs={**{i: written.jobs[i] for i in job_ids if i in written.jobs}, **stored.jobs},
-            steps={**{i: written.steps[i] for i in step_ids if i in written.steps},
-                   **stored.steps},
-        )
-        plan = plan_writes(batch.events, base)
+        base, plan = fold_ahead(batch.events, job_ids, step_ids, self._written,
+                                lambda jobs, steps: self._retry(
+                                    "read", self.store.read_states, jobs, steps,
+                                    deadline=batch.deadline))
         self._settle()
-        self._written = States(jobs=dict(plan.writes.job_states),
-                               steps=dict(plan.writes.step_states))
+        self._written = plan.writes.states()
         planned = _Planned(batch, job_ids, step_ids, base, plan)
         self._inflight = (batch, self._writer.submit(self._write, planned),
                           time.perf_counter() - started)
@@ -568,29 +604,13 @@ class Worker:
         return _Written(new, committed_at, letters)
 
     def _commit(self, planned: _Planned, *, recheck: bool = True) -> Plan:
-        """One transaction; fold again if the states moved meanwhile.
-
-        The first attempt reads back only the states the fold started from: an
-        entity it took as new is COPYed in, and if another worker created it
-        since, its primary key fails (23505, transient). ``recheck`` reads
-        every entity's state, as a retry does.
-        """
-        plan = planned.plan
-        job_ids, step_ids = planned.job_ids, planned.step_ids
-        if not recheck:
-            job_ids = [i for i in job_ids if i in planned.base.jobs]
-            step_ids = [i for i in step_ids if i in planned.base.steps]
-
-        def compute(current: States) -> Writes:
-            nonlocal plan
-            if current == planned.base:
-                return planned.plan.writes
+        """One transaction; fold again if the states moved meanwhile (another worker)."""
+        def refolded() -> None:
             self.refolds += 1
-            plan = plan_writes(planned.batch.events, current)
-            return plan.writes
 
-        self.store.apply(job_ids, step_ids, compute)
-        return plan
+        return commit_plan(self.store, planned.batch.events, planned.job_ids,
+                           planned.step_ids, base=planned.base, plan=planned.plan,
+                           recheck=recheck, on_refold=refolded)
 
     def _abandon_inflight(self) -> None:
         """Stopping: the batch in flight stopped too (or commits now); store none of its offsets."""
@@ -678,7 +698,7 @@ class Worker:
         # Callbacks run inside consume(), in the loop's thread: finish the batch
         # in flight and commit its offsets before the partitions go elsewhere.
         self._settle()
-        self._commit_offsets(consumer)
+        kafka.commit_stored(consumer)
         lost = {(p.topic, p.partition) for p in partitions}
         self._assigned -= lost
         self._at_end -= lost
@@ -694,14 +714,6 @@ class Worker:
         self.metrics.forget_lag(lost)
         log.warning("lost %s", sorted(p for _t, p in lost))
 
-    @staticmethod
-    def _commit_offsets(consumer: Consumer) -> None:
-        try:
-            consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError._NO_OFFSET:
-                log.warning("offset commit failed: %s", exc)
-
     def _observe_lag(self) -> None:
         now = time.monotonic()
         if now < self._lag_due or not self._assigned:
@@ -714,7 +726,7 @@ class Worker:
     def _close(self) -> None:
         self._writer.shutdown(wait=True)
         stopping = self._stop.is_set()
-        if not kafka.close_consumer(self.consumer, CLOSE_ON_STOP_S if stopping else 30.0,
+        if not kafka.close_consumer(self.consumer, kafka.CLOSE_ON_STOP_S if stopping else 30.0,
                                     commit=True):
             log.warning("Kafka is away: leaving without committing the last offsets; their "
                         "events are read again on the next start and dropped as repeats")

@@ -269,7 +269,7 @@ class SpoolingProducer:
                 self.stats.rejected += 1
             log.error("the broker rejected an event for good (%s); it is dropped", error.str())
             return
-        if error.code() in _UNKNOWN_TOPIC:
+        if error.code() in kafka.UNKNOWN_TOPIC:
             self._unknown_topic()
         else:
             self._episode(error.str())
@@ -301,7 +301,7 @@ class SpoolingProducer:
             return False
         found = metadata.topics.get(self.topic)
         if found is not None and found.error is not None \
-                and found.error.code() in _UNKNOWN_TOPIC:
+                and found.error.code() in kafka.UNKNOWN_TOPIC:
             self._unknown_topic()
         return True
 
@@ -519,7 +519,6 @@ class SpoolingProducer:
         return self.pending()
 
 
-_UNKNOWN_TOPIC = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
 _LIVE: weakref.WeakSet[SpoolingProducer] = weakref.WeakSet()
 _LEFT_BEHIND: list[Producer] = []  # a forked child's copies of its parent's clients
 
@@ -534,8 +533,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 _SPOOLABLE = frozenset({
     KafkaError._MSG_TIMED_OUT, KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT,
     KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT,
-    KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC,
-})
+}) | kafka.UNKNOWN_TOPIC
 
 
 def _undeliverable(error: KafkaError) -> bool:

@@ -38,18 +38,20 @@ from confluent_kafka import Message
 from pudato_registry import kafka, store
 from pudato_registry.loop import (
     Garbage,
+    Plan,
     StoppedError,
     UnstorableError,
     apply_events,
+    commit_plan,
     entity_ids,
+    fold_ahead,
     isolate,
-    plan_writes,
     tune_interpreter,
     with_retries,
 )
 from pudato_registry.present import safe
 from pudato_registry.settings import Settings
-from pudato_registry.store import States, Writes
+from pudato_registry.store import States
 from pudato_registry.validate import Rejection, validate
 from pudato_registry.wire import Event
 
@@ -117,51 +119,25 @@ class _Applier:
             self._account(self._isolated(events))
             return
         job_ids, step_ids = entity_ids(events)
-        written = self._written
-        stored = self._retry("read", lambda: self.target.read_states(
-            [i for i in job_ids if i not in written.jobs],
-            [i for i in step_ids if i not in written.steps]))
-        base = States(
-            jobs={**{i: written.jobs[i] for i in job_ids if i in written.jobs}, **stored.jobs},
-            steps={**{i: written.steps[i] for i in step_ids if i in written.steps},
-                   **stored.steps})
-        plan = plan_writes(events, base)
+        base, plan = fold_ahead(events, job_ids, step_ids, self._written,
+                                lambda jobs, steps: self._retry(
+                                    "read", lambda: self.target.read_states(jobs, steps)))
         self.settle()
-        self._written = States(jobs=dict(plan.writes.job_states),
-                               steps=dict(plan.writes.step_states))
-        self._inflight = self._writer.submit(self._commit, events, base, plan.writes,
-                                             (plan.new, len(plan.refused)))
+        self._written = plan.writes.states()
+        self._inflight = self._writer.submit(self._commit, events, job_ids, step_ids, base,
+                                             plan)
 
-    def _commit(self, events: Sequence[Event], base: States, writes: Writes,
-                counts: tuple[int, int]) -> tuple[int, int]:
-        """In the writer thread: one transaction, folded again if the states moved.
-
-        The first attempt reads back only the states the fold began from: an entity
-        it took as new is one nothing has written (the batch before took none of
-        them, or it would have carried its state). A retry reads them all.
-        """
-        job_ids, step_ids = entity_ids(events)
+    def _commit(self, events: Sequence[Event], job_ids: list[str], step_ids: list[str],
+                base: States, plan: Plan) -> tuple[int, int]:
+        """In the writer thread: one transaction, as the worker's (a retry reads them all)."""
         attempts = itertools.count()
-
-        def ids() -> tuple[list[str], list[str]]:
-            if next(attempts) > 0:
-                return job_ids, step_ids
-            return ([i for i in job_ids if i in base.jobs],
-                    [i for i in step_ids if i in base.steps])
-
-        def compute(current: States) -> Writes:
-            nonlocal counts
-            if current == base:
-                return writes
-            again = plan_writes(events, current)
-            counts = (again.new, len(again.refused))
-            return again.writes
-
         try:
-            self._retry("replay", lambda: self.target.apply(*ids(), compute))
+            written = self._retry("replay", lambda: commit_plan(
+                self.target, events, job_ids, step_ids, base=base, plan=plan,
+                recheck=next(attempts) > 0))
         except UnstorableError:
             return self._isolated(events)
-        return counts
+        return written.new, len(written.refused)
 
     def _isolated(self, events: Sequence[Event]) -> tuple[int, int]:
         # As the worker does: an event PostgreSQL refuses is set apart, the rest applied.

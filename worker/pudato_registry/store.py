@@ -293,6 +293,10 @@ class Writes:
     job_states: Sequence[tuple[str, str]]
     step_states: Sequence[tuple[str, str]]
 
+    def states(self) -> States:
+        """The saved states these writes leave."""
+        return States(jobs=dict(self.job_states), steps=dict(self.step_states))
+
 
 @dataclass(frozen=True)
 class States:
