@@ -43,6 +43,7 @@ import os
 import re
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -93,7 +94,8 @@ def worker(settings: Settings, *args: str) -> subprocess.Popen[str]:
            "PUDATO_DATABASE_URL": settings.database_dsn, "PUDATO_TOPIC": settings.topic,
            "PUDATO_DLQ_TOPIC": settings.dlq_topic, "PUDATO_GROUP_ID": settings.group_id,
            "PUDATO_METRICS_PORT": str(settings.metrics_port), "PUDATO_LOG_LEVEL": "INFO",
-           "PUDATO_BATCH_SIZE": str(settings.batch_size)}
+           "PUDATO_BATCH_SIZE": str(settings.batch_size),
+           "PUDATO_LINEAGE_EDGES": str(settings.lineage_edges).lower()}
     return subprocess.Popen([sys.executable, "-m", "pudato_registry.cli", "worker", *args],
                             env=env, stderr=subprocess.PIPE, text=True)
 
@@ -431,6 +433,24 @@ def measure(bootstrap: str, admin: str, database: str, args: argparse.Namespace)
               f"20 in flight drain: {drained[1].rate / drained[0].rate:.2f}")
 
 
+def edge_upkeep(bootstrap: str, admin: str, database: str, args: argparse.Namespace) -> None:
+    """Each workload drained alternately with and without the lineage edges' upkeep."""
+    chosen = workloads(args)
+    print(f"drain with the edge upkeep against without it, {args.pairs} pairs per workload,"
+          " alternating which goes first (wall events/s):")
+    for w in chosen:
+        ratios = []
+        for n in range(args.pairs):
+            order = (True, False) if n % 2 == 0 else (False, True)
+            rates = {keep: drain(bootstrap, admin, database, w.events, args,
+                                 lineage_edges=keep).rate for keep in order}
+            ratios.append(rates[True] / rates[False])
+            print(f"  {w.name}, pair {n + 1}: with {rates[True]:,.0f}, without "
+                  f"{rates[False]:,.0f}: {ratios[-1]:.3f}", flush=True)
+        print(f"  {w.name}: with / without, mean {statistics.mean(ratios):.3f} "
+              f"(min {min(ratios):.3f}, max {max(ratios):.3f}); target >= 0.90")
+
+
 def burst(bootstrap: str, admin: str, database: str, args: argparse.Namespace) -> None:
     """Drain 200 valid events of about 1 MB each; print the worker's peak RSS."""
     rows = [{"id": i, "name": f"row-{i:06d}", "ok": i % 2 == 0} for i in range(24_000)]
@@ -503,7 +523,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2_000)
     parser.add_argument("--live-seconds", type=int, default=30)
     parser.add_argument("--live-concurrent", type=int, default=1_000)
-    parser.add_argument("--only", choices=("drain", "burst", "live"), default=None)
+    parser.add_argument("--only", choices=("drain", "burst", "live", "edges"), default=None)
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="with --only edges: drains with and without the edge upkeep")
     args = parser.parse_args()
     with services() as (bootstrap, database):
         admin = database.rsplit("/", 1)[0] + "/postgres"
@@ -513,6 +535,8 @@ def main() -> None:
             burst(bootstrap, admin, database, args)
         if args.only in (None, "live"):
             live(bootstrap, admin, database, args)
+        if args.only in (None, "edges"):
+            edge_upkeep(bootstrap, admin, database, args)
 
 
 if __name__ == "__main__":

@@ -7,5 +7,8 @@ GRANT USAGE ON SCHEMA public TO registry_worker;
 GRANT SELECT, INSERT, UPDATE
   ON pudato_jobs, pudato_job_steps, pudato_job_state, pudato_step_state
   TO registry_worker;
--- Readers (dashboards, `jobs`, `lineage`) need only SELECT on pudato_jobs and pudato_job_steps.
+-- The lineage graph: an edge no step contributes to any more is deleted.
+GRANT SELECT, INSERT, UPDATE, DELETE ON pudato_lineage_edges TO registry_worker;
+-- Readers (dashboards, `jobs`, `lineage`) need only SELECT on pudato_jobs, pudato_job_steps
+-- and pudato_lineage_edges.
 -- `replay` copies these grants to the tables it swaps in.

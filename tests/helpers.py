@@ -9,12 +9,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
 from pudato_registry import events as models
 from pudato_registry import queries, wire
+from pudato_registry.edges import edges_of
 from pudato_registry.factory import encode
 from pudato_registry.loop import Worker
 from pudato_registry.projection import fold
@@ -58,22 +59,32 @@ def decoded(events: Iterable[models.Event | wire.Event]) -> list[wire.Event]:
     return [wire.from_model(e) if isinstance(e, BaseModel) else e for e in events]
 
 
-def expected_rows(events: Iterable[models.Event | wire.Event],
-                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows the pure fold gives, as the tables return them."""
+class Tables(NamedTuple):
+    """The rows of the three projection tables, each sorted by key."""
+
+    jobs: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    edges: list[dict[str, Any]]
+
+
+def expected_rows(events: Iterable[models.Event | wire.Event]) -> Tables:
+    """The rows the pure fold gives, as the tables return them; the edges by amendment 3's
+    definition over them (edges.edges_of, computed in full)."""
     projection = fold(decoded(events))
-    return ([r._asdict() for r in projection.job_rows()],
-            [r._asdict() for r in projection.step_rows()])
+    jobs = [r._asdict() for r in projection.job_rows()]
+    steps = [r._asdict() for r in projection.step_rows()]
+    return Tables(jobs, steps, [e.row() for e in edges_of(jobs, steps)])
 
 
-def table_rows(database_url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every row of both tables, sorted by key."""
-    return queries.all_jobs(database_url), queries.all_steps(database_url)
+def table_rows(database_url: str) -> Tables:
+    """Every row of the three tables, sorted by key."""
+    return Tables(queries.all_jobs(database_url), queries.all_steps(database_url),
+                  queries.all_edges(database_url))
 
 
 def count_rows(database_url: str) -> int:
     """How many step and job rows exist (a progress measure)."""
-    jobs, steps = table_rows(database_url)
+    jobs, steps, _edges = table_rows(database_url)
     return len(jobs) + len(steps)
 
 

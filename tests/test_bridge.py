@@ -42,7 +42,7 @@ def test_every_sample_through_the_bridge_and_the_worker(ol_settings: Settings) -
         [line for line in lines if b"naive_time_job" in line] + bad)
     assert {r.headers["source.topic"] for r in letters} == {ol_settings.ol_topic}
     drain(ol_settings)
-    jobs, steps = table_rows(ol_settings.database_dsn)
+    jobs, steps, _edges = table_rows(ol_settings.database_dsn)
     expected = fold(events)
     assert [j["job_id"] for j in jobs] == [j.job_id for j in expected.job_rows()]
     assert [(s["step_id"], s["status"]) for s in steps] == [

@@ -64,7 +64,7 @@ def test_a_dbt_ol_build_lands_as_a_job_with_its_steps_and_lineage(
     assert code == 0, output
     bridge.Bridge(ol_settings).run(drain=True)
     drain(ol_settings)
-    jobs, steps = table_rows(ol_settings.database_dsn)
+    jobs, steps, _edges = table_rows(ol_settings.database_dsn)
     assert [(j["pipeline"], j["status"], j["logic_version"]) for j in jobs] == [
         ("dbt-run-ol_demo", "success", "1.2.0")]
     names = {s["step_name"] for s in steps}
@@ -86,7 +86,7 @@ def test_a_failing_model_in_structured_logs_mode_carries_its_error(
     assert code != 0, output  # dbt failed, as asked
     bridge.Bridge(ol_settings).run(drain=True)
     drain(ol_settings)
-    jobs, steps = table_rows(ol_settings.database_dsn)
+    jobs, steps, _edges = table_rows(ol_settings.database_dsn)
     assert [(j["pipeline"], j["status"]) for j in jobs] == [("dbt-run-ol_demo", "failed")]
     report = next(s for s in steps if s["step_name"] == "model.ol_demo.dept_report")
     assert report["status"] == "failed"

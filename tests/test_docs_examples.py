@@ -45,8 +45,9 @@ def test_the_backfill_file_publishes_and_gives_the_rows_of_its_fold(
     assert "published 14 of 14 events" in capsys.readouterr().err
     drain(settings)
     events = [validate(line) for line in BACKFILL.read_bytes().splitlines()]
-    jobs, steps = table_rows(settings.database_dsn)
-    assert (jobs, steps) == expected_rows(e for e in events if not isinstance(e, Rejection))
+    jobs, steps, edges = table_rows(settings.database_dsn)
+    assert (jobs, steps, edges) == expected_rows(
+        e for e in events if not isinstance(e, Rejection))
     status = {j["job_id"]: j["status"] for j in jobs}
     assert status == {"dept_budget-2026-11-01": "failed", "dept_budget-rerun-1": "cancelled",
                       "dept_budget-rerun-2": "success"}

@@ -30,20 +30,23 @@ from tests.helpers import (
     worker_process,
 )
 from tests.services import Services, fresh_database, produce, read_topic, settings_for
-from tests.vectors import Vector, all_vectors, as_expected
+from tests.vectors import Vector, all_vectors, as_expected, edge_key
 
 VECTORS = all_vectors()
 DLQ_HEADERS = {"error", "error.kind", "source.topic", "source.partition", "source.offset",
                "dead_lettered_at"}
 
 
+@pytest.mark.parametrize("order", ["given", "reversed"])
 @pytest.mark.parametrize("vector", VECTORS, ids=lambda v: v.name)
-def test_golden_vector_through_kafka(settings: Settings, vector: Vector) -> None:
-    produce(settings, [(m.key, m.value) for m in vector.messages])
+def test_golden_vector_through_kafka(settings: Settings, vector: Vector, order: str) -> None:
+    messages = [(m.key, m.value) for m in vector.messages]
+    produce(settings, messages if order == "given" else messages[::-1])
     worker = drain(settings)
-    jobs, steps = table_rows(settings.database_dsn)
+    jobs, steps, edges = table_rows(settings.database_dsn)
     assert [as_expected(r) for r in jobs] == vector.jobs
     assert [as_expected(r) for r in steps] == vector.steps
+    assert [as_expected(r) for r in edges] == sorted(vector.edges, key=edge_key)
     dead = read_topic(settings, settings.dlq_topic)
     assert len(dead) == vector.dead_letters == worker.stats.dead_lettered
     invalid = [(m.key, m.value) for m in vector.messages
@@ -124,7 +127,7 @@ def test_numbers_of_any_size_and_nanosecond_timestamps_are_stored(settings: Sett
     produce(settings, messages)
     worker = drain(settings)
     assert worker.stats.applied == 3
-    (job,), (step,) = table_rows(settings.database_dsn)
+    (job,), (step,), _edges = table_rows(settings.database_dsn)
     assert (job["parameters"], job["metadata"]) == ({"seed": big, "ratio": 0.25}, {"n": -big})
     assert step["outputs"][0]["metadata"] == {"rows": big}
     assert job["started_at"] == datetime(2026, 11, 1, 10, 0, 0, 123457, tzinfo=UTC)

@@ -97,7 +97,7 @@ def test_big_runs_end_with_their_status_through_the_bridge_and_the_worker(
             [(b"run:big/app", v) for v in big + split], topic=ol_settings.ol_topic)
     bridge.Bridge(ol_settings).run(drain=True)
     worker = drain(ol_settings)
-    jobs, steps = table_rows(ol_settings.database_dsn)
+    jobs, steps, _edges = table_rows(ol_settings.database_dsn)
     assert sorted((j["job_id"][-2:], j["status"]) for j in jobs) == [("9a", "success"),
                                                                       ("c2", "failed")]
     by_job = {s["job_id"][-2:]: s for s in steps}

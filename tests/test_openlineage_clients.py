@@ -69,7 +69,7 @@ def _emit_parent_with_children(client: OpenLineageClient) -> str:
 
 def _assert_rows(settings: Settings, parent_id: str) -> None:
     drain(settings)
-    jobs, steps = table_rows(settings.database_dsn)
+    jobs, steps, _edges = table_rows(settings.database_dsn)
     assert [(j["job_id"], j["pipeline"], j["namespace"], j["status"]) for j in jobs] == [
         (parent_id, "nightly", "pudato-test", "failed")]
     by_name = {s["step_name"]: s for s in steps}

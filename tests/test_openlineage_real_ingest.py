@@ -36,7 +36,7 @@ def _post_gzip(url: str, body: bytes) -> int:
 
 
 def _check_rows(settings: Settings, names: list[str]) -> None:
-    jobs, steps = table_rows(settings.database_dsn)
+    jobs, steps, _edges = table_rows(settings.database_dsn)
     by_pipeline = {j["pipeline"]: j for j in jobs}
     assert not [s for s in steps if s["status"] == "pending"]
     assert all(s["metadata"]["ol_job_type"]["jobType"] == "RDD_JOB" and (

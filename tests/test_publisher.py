@@ -105,7 +105,7 @@ def test_context_managers_yield_the_rows_the_fold_predicts(publisher_settings: S
     assert table_rows(publisher_settings.database_dsn) == expected_rows(registry.emitted)
     assert sorted(e.event_id for e in _topic_events(publisher_settings)) == sorted(
         e.event_id for e in registry.emitted)
-    jobs, steps = table_rows(publisher_settings.database_dsn)
+    jobs, steps, _edges = table_rows(publisher_settings.database_dsn)
     by_job = {j["job_id"]: j for j in jobs}
     assert by_job[job_id]["status"] == "success"
     assert by_job[skipped_job.job_id]["status"] == "cancelled"
@@ -336,7 +336,7 @@ def test_a_three_megabyte_error_is_cut_and_delivered(publisher_settings: Setting
     assert registry.stats.rejected == 0
     assert registry.producer.stats.delivered == len(registry.emitted)
     drain(publisher_settings)
-    jobs, _steps = table_rows(publisher_settings.database_dsn)
+    jobs, _steps, _edges = table_rows(publisher_settings.database_dsn)
     (failed,) = [j for j in jobs if j["status"] == "failed"]
     assert len(failed["error"].encode()) <= factory.ERROR_MAX_BYTES
     assert failed["error"].startswith("RuntimeError: SELECT xxx")
@@ -424,7 +424,7 @@ def _sigterm_pipeline(s: Settings) -> tuple[str, subprocess.Popen[str]]:
 
 def _cancelled_by_sigterm(s: Settings, job_id: str) -> None:
     drain(s)
-    jobs, steps = table_rows(s.database_dsn)
+    jobs, steps, _edges = table_rows(s.database_dsn)
     assert [(j["job_id"], j["status"], j["error"]) for j in jobs] == [
         (job_id, "cancelled", "terminated by SIGTERM")]
     assert [(st["status"], st["error"]) for st in steps] == [("failed", "terminated by SIGTERM")]

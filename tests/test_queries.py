@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -56,24 +57,156 @@ def graph(settings: Settings) -> Settings:
     return settings
 
 
-def _run(settings: Settings, capsys: pytest.CaptureFixture[str], *args: str) -> list[
-        dict[str, object]]:
+def _run(settings: Settings, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
     assert main([*args, "--database-url", settings.database_dsn, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+    return json.loads(capsys.readouterr().out)
 
 
-def test_lineage_walks_up_and_down(graph: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+def _edges(graph: Any) -> list[tuple[Any, ...]]:
+    labels = {n["id"]: n.get("label") or n["location"] for n in graph["nodes"]}
+    return [(e["side"], e["depth"], labels[e["source"]], labels[e["target"]], e["runs"])
+            for e in graph["edges"]]
+
+
+def test_lineage_is_the_logical_graph_up_and_down(
+        graph: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     up = _run(graph, capsys, "lineage", "rpt.daily", "--upstream")
-    assert [(h["depth"], h["step_name"]) for h in up] == [(1, "report"), (2, "model"),
-                                                          (3, "stage")]
+    assert _edges(up) == [
+        ("upstream", 1, "etl / report", "rpt.daily", 1),
+        ("upstream", 1, "mart.ab", "etl / report", 1),
+        ("upstream", 2, "etl / model", "mart.ab", 1),
+        ("upstream", 2, "raw.b", "etl / model", 1),
+        ("upstream", 2, "stg.a", "etl / model", 1),
+        ("upstream", 3, "etl / stage", "stg.a", 1),
+        ("upstream", 3, "raw.a", "etl / stage", 1)]
     shallow = _run(graph, capsys, "lineage", "rpt.daily", "--upstream", "--depth", "1")
-    assert [h["step_name"] for h in shallow] == ["report"]
-    down = _run(graph, capsys, "lineage", "raw.a", "--downstream")
-    assert sorted((h["depth"], h["step_name"]) for h in down) == [
-        (1, "stage"), (2, "export"), (2, "model"), (3, "report")]
-    both = _run(graph, capsys, "lineage", "stg.a")
-    assert sorted((h["relation"], h["step_name"]) for h in both) == [
-        ("consumed", "export"), ("consumed", "model"), ("produced", "stage")]
+    assert len(_edges(shallow)) == 2
+    down = _run(graph, capsys, "lineage", "raw.a", "--downstream", "--depth", "2")
+    assert {e[2:4] for e in _edges(down)} == {
+        ("raw.a", "etl / stage"), ("etl / stage", "stg.a"), ("stg.a", "etl / model"),
+        ("etl / model", "mart.ab"), ("stg.a", "etl / export"), ("etl / export", "s3.export")}
+    both = _run(graph, capsys, "lineage", "stg.a")  # one step each way by default
+    assert sorted(e[:4] for e in _edges(both)) == [
+        ("downstream", 1, "etl / export", "s3.export"),
+        ("downstream", 1, "etl / model", "mart.ab"),
+        ("downstream", 1, "stg.a", "etl / export"), ("downstream", 1, "stg.a", "etl / model"),
+        ("upstream", 1, "etl / stage", "stg.a"), ("upstream", 1, "raw.a", "etl / stage")]
+    assert _edges(_run(graph, capsys, "lineage", "stg.a", "--environment", "dev")) == []
+    assert main(["lineage", "rpt.daily", "--upstream", "--database-url",
+                 graph.database_dsn]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("rpt.daily: 5 datasets, 3 steps, 7 edges (upstream, depth 3)")
+    assert "etl / report  rpt.daily" in text
+
+
+def test_a_namespace_is_drawn_whole(graph: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    whole = _run(graph, capsys, "lineage", "--namespace", "default")
+    assert whole["whole"] == "default"
+    assert len(whole["edges"]) == 9  # stage 2, model 3, report 2, export 2
+    assert {n["label"] for n in whole["nodes"] if n["kind"] == "step"} == {
+        "etl / stage", "etl / model", "etl / report", "etl / export"}
+    dsn = ["--database-url", graph.database_dsn]
+    assert main(["lineage", "--namespace", "default", "--environment", "dev", *dsn]) == 1
+    assert capsys.readouterr().err == (
+        "no step of namespace 'default' reads or writes anything in environment 'dev'\n")
+
+
+@pytest.fixture
+def hourly(settings: Settings) -> Settings:
+    """An hourly pipeline run 30 times; the last run's load failed."""
+    t = NOW - timedelta(days=2)
+    events: list[Event] = []
+    for n in range(30):
+        job, at = f"hourly-{n:02d}", t + timedelta(hours=n)
+        events += [factory.job_submitted(job, pipeline="hourly", occurred_at=at),
+                   factory.step_started(job, f"{job}-load", step_name="load",
+                                        handler_type="h", action="a",
+                                        inputs=[_ref('raw."orders"')], occurred_at=at)]
+        if n < 29:
+            events.append(factory.step_succeeded(job, f"{job}-load", outputs=[
+                _ref("wh.fct_orders")], occurred_at=at + timedelta(minutes=5)))
+        else:
+            events.append(factory.step_failed(job, f"{job}-load", error="boom",
+                                              occurred_at=at + timedelta(minutes=5)))
+    produce(settings, messages_of(events))
+    drain(settings)
+    return settings
+
+
+def test_runs_of_a_step_are_one_edge_and_a_failed_last_run_stays_red(
+        hourly: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    found = _run(hourly, capsys, "lineage", 'raw."orders"')
+    read, written = found["edges"]  # raw."orders" -> hourly / load -> wh.fct_orders
+    assert (read["location"], written["location"]) == ('raw."orders"', "wh.fct_orders")
+    edge = read
+    assert (edge["runs"], edge["last_status"], edge["last_job_id"]) == (30, "failed",
+                                                                        "hourly-29")
+    written = _run(hourly, capsys, "lineage", "wh.fct_orders", "--upstream", "--depth", "1")
+    [edge] = [e for e in written["edges"] if e["location"] == "wh.fct_orders"]
+    assert (edge["runs"], edge["last_status"]) == (29, "success")
+    dsn = ["--database-url", hourly.database_dsn]
+    assert main(["lineage", 'raw."orders"', "--format", "dot", *dsn]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith("digraph lineage {")
+    assert r'"dataset:raw.\"orders\"" [shape=box, label="raw.\"orders\"", penwidth=2];' in dot
+    assert r'"dataset:raw.\"orders\"" -> "step:' in dot
+    assert 'label="30 runs, last failed ' in dot
+    assert 'color="#c62828"' in dot
+    assert main(["lineage", 'raw."orders"', "--format", "mermaid", *dsn]) == 0
+    mermaid = capsys.readouterr().out.splitlines()
+    assert mermaid[:4] == ["flowchart LR", '  d0[("raw.#quot;orders#quot;")]',
+                           '  d1[("wh.fct_orders")]', '  s0(["hourly / load"])']
+    assert mermaid[4].startswith('  d0 -->|"30 runs, last failed ')
+    assert mermaid[4].endswith("| s0")
+    assert mermaid[5].startswith('  s0 -->|"29 runs, last success ')
+    assert mermaid[-2:] == ["  linkStyle 0 stroke:#c62828", "  linkStyle 1 stroke:#2e7d32"]
+
+
+def test_runs_are_paged_newest_first_and_narrowed(
+        hourly: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lineage", 'raw."orders"', "--runs", "--limit", "10", "--json",
+                 "--database-url", hourly.database_dsn]) == 0
+    captured = capsys.readouterr()
+    first = json.loads(captured.out)
+    assert [r["job_id"] for r in first] == [f"hourly-{n:02d}" for n in range(29, 19, -1)]
+    assert "add --offset 10 for the next page" in captured.err
+    last = _run(hourly, capsys, "lineage", 'raw."orders"', "--runs", "--limit", "10",
+                "--offset", "20")
+    assert [r["job_id"] for r in last] == [f"hourly-{n:02d}" for n in range(9, -1, -1)]
+    assert _run(hourly, capsys, "lineage", 'raw."orders"', "--runs", "--pipeline",
+                "nope") == []
+    assert len(_run(hourly, capsys, "lineage", "wh.fct_orders", "--runs", "--step",
+                    "load")) == 29
+
+
+def test_a_location_is_found_by_part_of_its_name(
+        hourly: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    found = _run(hourly, capsys, "lineage", "--search", "FCT_ord")
+    assert [(f["location"], f["steps"], f["runs"]) for f in found] == [
+        ("wh.fct_orders", 1, 29)]
+    dsn = ["--database-url", hourly.database_dsn]
+    assert main(["lineage", "--search", "nothing-like-it", *dsn]) == 1
+    assert capsys.readouterr().err == "no known location contains 'nothing-like-it'\n"
+    assert main(["lineage", "warehouse.fct_orders", *dsn]) == 1
+    assert capsys.readouterr().err == (
+        "no step reads or writes 'warehouse.fct_orders'; did you mean 'wh.fct_orders'?\n")
+    assert main(["lineage", "%_%", *dsn]) == 1  # LIKE's wildcards are text here
+    assert "lineage --search TEXT lists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["lineage"], "give a LOCATION, --search TEXT to find one, or --namespace N"),
+    (["lineage", "x", "--search", "y"], "--search TEXT lists locations; give it alone"),
+    (["lineage", "x", "--runs", "--upstream"], "--runs lists the runs at LOCATION itself"),
+    (["lineage", "x", "--runs", "--format", "dot"], "--runs prints a table or JSON"),
+    (["lineage", "x", "--pipeline", "p"], "--pipeline, --step and --offset narrow --runs"),
+])
+def test_lineage_options_that_do_not_go_together_are_named(
+        argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--database-url", "postgresql://nobody@127.0.0.1:1/x"]) == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert len(err.splitlines()) == 1
 
 
 def test_jobs_list_filters_and_stuck(graph: Settings, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,8 +224,8 @@ def test_jobs_list_filters_and_stuck(graph: Settings, capsys: pytest.CaptureFixt
 
 def test_jobs_show_is_a_timeline(graph: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     shown = _run(graph, capsys, "jobs", "show", "etl")
-    assert shown["job"]["status"] == "success"  # type: ignore[call-overload]
-    assert [s["step_name"] for s in shown["steps"]] == [  # type: ignore[call-overload]
+    assert shown["job"]["status"] == "success"
+    assert [s["step_name"] for s in shown["steps"]] == [
         "stage", "model", "report", "export"]
     assert main(["jobs", "show", "etl", "--database-url", graph.database_dsn]) == 0
     text = capsys.readouterr().out
@@ -122,17 +255,27 @@ def fan(settings: Settings) -> Settings:
 def test_lineage_fans_in_once_per_step_and_stops_at_its_limit(
         fan: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     up = _run(fan, capsys, "lineage", "mart.all", "--upstream", "--depth", "2")
-    assert [h["step_name"] for h in up][:1] == ["merge"]
-    assert len(up) == 301
-    assert len({h["step_id"] for h in up}) == 301
-    down = _run(fan, capsys, "lineage", "src.t000", "--downstream")
-    assert sorted((h["depth"], h["step_name"]) for h in down) == [
-        (1, "merge"), (1, "read_a"), (1, "read_b")]  # read_a/b once, at the first depth
+    edges = _edges(up)
+    assert edges[0] == ("upstream", 1, "fan / merge", "mart.all", 1)
+    assert len(edges) == 1 + 300 + 300 + 0  # merge's reads, and each source's write
+    down = _run(fan, capsys, "lineage", "src.t000", "--downstream", "--depth", "1")
+    assert sorted(e[2:4] for e in _edges(down)) == [
+        ("fan / merge", "mart.all"), ("fan / read_a", "out.read_a"),
+        ("fan / read_b", "out.read_b"), ("src.t000", "fan / merge"),
+        ("src.t000", "fan / read_a"), ("src.t000", "fan / read_b")]
     assert main(["lineage", "mart.all", "--upstream", "--limit", "100",
                  "--database-url", fan.database_dsn]) == 0
-    out = capsys.readouterr().out
-    assert len([line for line in out.splitlines() if "src" in line]) == 99
-    assert out.rstrip().splitlines()[-1].startswith("... and 201 more steps at depth 2")
+    captured = capsys.readouterr()
+    assert "100 edges" in captured.out.splitlines()[0]
+    assert captured.err.startswith("... the graph was cut at 100 edges")
+
+
+def test_the_per_run_walk_still_answers_through_the_api(graph: Settings) -> None:
+    from pudato_registry import queries  # noqa: PLC0415
+
+    up = queries.lineage(graph.database_dsn, "rpt.daily", upstream=True)
+    assert [(h.depth, h.step["step_name"]) for h in up.hops] == [
+        (1, "report"), (2, "model"), (3, "stage")]
 
 
 def test_lineage_depth_is_capped(capsys: pytest.CaptureFixture[str]) -> None:

@@ -95,6 +95,32 @@ def test_verify_finds_a_tampered_row_and_reapply_repairs_it(
     assert table_rows(settings.database_dsn) == expected_rows(events)
 
 
+def test_verify_finds_a_deleted_or_altered_edge_and_reapply_repairs_them(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    events = workload(2_000)
+    produce(settings, messages_of(events))
+    drain(settings)
+    assert main(["replay", "--verify", *_args(settings)]) == 0
+    assert "pudato_lineage_edges: 0 rows differ" in capsys.readouterr().out
+    victim = next(e for e in events if e.step_id is not None)
+    with psycopg.connect(settings.database_dsn) as conn:
+        edges = conn.execute(
+            "SELECT e.location, e.direction, e.edge_key FROM pudato_lineage_edges e"
+            " JOIN pudato_job_steps s ON s.step_id = e.last_step_id"
+            " WHERE s.correlation_id = %s ORDER BY 1, 2 LIMIT 2",
+            (victim.correlation_id,)).fetchall()
+        assert len(edges) == 2
+        conn.execute("DELETE FROM pudato_lineage_edges WHERE edge_key = %s", (edges[0][2],))
+        conn.execute("UPDATE pudato_lineage_edges SET runs = runs + 7 WHERE edge_key = %s",
+                     (edges[1][2],))
+    assert main(["replay", "--verify", *_args(settings)]) == 1
+    out = capsys.readouterr().out
+    assert "pudato_lineage_edges: 2 rows differ" in out
+    assert f"{edges[0][0]} {'read by' if edges[0][1] == 'in' else 'written by'}" in out
+    assert main(["replay", "--correlation-id", victim.correlation_id, *_args(settings)]) == 0
+    assert table_rows(settings.database_dsn) == expected_rows(events)
+
+
 # --- replay that cannot lose rows ---------------------------------------------------------------
 
 @pytest.fixture

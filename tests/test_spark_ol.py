@@ -85,7 +85,7 @@ def test_a_real_spark_run_and_a_failing_one_land_as_they_happened(
     assert app.counts["rejected"] == app.counts["unavailable"] == 0
     drain(settings)
 
-    jobs, steps = table_rows(settings.database_dsn)
+    jobs, steps, _edges = table_rows(settings.database_dsn)
     by_pipeline = {j["pipeline"]: j for j in jobs}
     assert set(by_pipeline) == {"pudato_test_succeed", "pudato_test_fail"}
     assert (by_pipeline["pudato_test_succeed"]["status"],

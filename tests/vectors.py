@@ -63,6 +63,12 @@ def all_vectors() -> list[Vector]:
     return [load(p) for p in sorted(VECTORS.glob("*.json"))]
 
 
+def edge_key(edge: dict[str, Any]) -> tuple[str, ...]:
+    """An edge's key, as pudato_lineage_edges orders its rows."""
+    return tuple(edge[c] for c in ("location", "direction", "namespace", "environment",
+                                   "pipeline", "step_name"))
+
+
 def as_expected(row: dict[str, Any]) -> dict[str, Any]:
     """A row as the vectors spell it: timestamps as UTC RFC 3339 with microseconds."""
     return {k: _spell(v) for k, v in row.items()}

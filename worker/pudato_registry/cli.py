@@ -196,17 +196,40 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("--limit", type=_count, default=1000,
                       help="at most this many steps (1,000); a line says how many more")
 
-    lineage = sub.add_parser("lineage", parents=[common],
-                             help="steps that produced or consumed a location")
-    lineage.add_argument("location")
+    lineage = sub.add_parser(
+        "lineage", parents=[common],
+        help="what reads and writes a location: the logical graph, or its runs (--runs)")
+    lineage.add_argument("location", nargs="?",
+                         help="a location as steps name it (a file path in any spelling)")
+    lineage.add_argument("--search", metavar="TEXT",
+                         help="list the known locations containing TEXT, instead")
     direction = lineage.add_mutually_exclusive_group()
-    direction.add_argument("--upstream", action="store_true", help="walk to what it came from")
-    direction.add_argument("--downstream", action="store_true", help="walk to what it fed")
-    lineage.add_argument("--depth", type=_hops, default=3,
-                         help="hops to walk (default 3, at most 20)")
-    lineage.add_argument("--limit", type=_count, default=1000,
-                         help="most steps shown (default 1000)")
-    lineage.add_argument("--json", action="store_true")
+    direction.add_argument("--upstream", action="store_true",
+                           help="only what it came from: its writers, what they read ...")
+    direction.add_argument("--downstream", action="store_true",
+                           help="only what it fed: its readers, what they wrote ...")
+    direction.add_argument("--both", action="store_true",
+                           help="upstream and downstream, each --depth steps (the default, "
+                                "one step)")
+    lineage.add_argument("--depth", type=_hops, default=None,
+                         help="steps to walk from the location (1 by default, 3 with a "
+                              "direction; at most 20)")
+    lineage.add_argument("--namespace",
+                         help="only steps of this namespace; without a LOCATION, its whole "
+                              "graph")
+    lineage.add_argument("--environment", help="only steps of this environment")
+    lineage.add_argument("--format", choices=("table", "dot", "mermaid", "json"),
+                         default="table",
+                         help="table (default), dot (Graphviz), mermaid (Markdown) or json")
+    lineage.add_argument("--json", action="store_true", help="the same as --format json")
+    lineage.add_argument("--runs", action="store_true",
+                         help="the step runs that read or wrote the location, newest first")
+    lineage.add_argument("--pipeline", help="with --runs: only runs of this pipeline")
+    lineage.add_argument("--step", help="with --runs: only runs of this step name")
+    lineage.add_argument("--limit", type=_count, default=None,
+                         help="with --runs: runs per page (50); else: most edges (2000)")
+    lineage.add_argument("--offset", type=_at_least_zero, default=0,
+                         help="with --runs: skip this many of the newest (the next page)")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -233,6 +256,11 @@ def _hops(text: str) -> int:
     if value > 20:
         raise argparse.ArgumentTypeError(f"{text!r}: at most 20 hops")
     return value
+
+
+def _at_least_zero(text: str) -> int:
+    """A whole number of at least 0."""
+    return 0 if text.strip() == "0" else _count(text)
 
 
 def _count(text: str) -> int:
@@ -577,20 +605,7 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
 
     dsn = settings.database_dsn
     if args.command == "lineage":
-        walked = queries.lineage(dsn, args.location, upstream=args.upstream,
-                                downstream=args.downstream, depth=args.depth,
-                                limit=args.limit)
-        rows = [{"depth": h.depth, "relation": h.relation, "location": h.location,
-                 **{k: h.step[k] for k in ("step_id", "job_id", "step_name", "status",
-                                           "completed_at")}} for h in walked.hops]
-        print(as_json(rows) if args.json else table(
-            rows, ["depth", "relation", "location", "step_name", "status", "job_id",
-                   "step_id", "completed_at"]))
-        if walked.more:
-            print(f"... and {walked.more} more steps at depth {walked.cut_at_depth}, and the "
-                  f"hops past it, not shown: raise --limit (now {args.limit}) or lower --depth",
-                  file=sys.stderr if args.json else sys.stdout)
-        return 0
+        return _lineage(args, dsn)
     if args.jobs_command == "list":
         found = queries.list_jobs(dsn, queries.JobFilter(
             pipeline=args.pipeline, environment=args.environment, namespace=args.namespace,
@@ -615,6 +630,118 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
         print(f"... and {more} more steps, not shown: raise --limit (now {args.limit})",
               file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _lineage_misuse(args: argparse.Namespace) -> str | None:
+    """Why these lineage options do not go together, if they do not."""
+    walk = args.upstream or args.downstream or args.both or args.depth is not None
+    if args.search is not None:
+        if args.location is not None or walk or args.runs:
+            return "--search TEXT lists locations; give it alone (with --limit, --json)"
+        return None
+    if args.location is None:
+        if args.namespace is not None and not (walk or args.runs):
+            return None  # the namespace's whole graph
+        return "give a LOCATION, --search TEXT to find one, or --namespace N for its graph"
+    if args.runs and walk:
+        return ("--runs lists the runs at LOCATION itself; drop --upstream/--downstream/"
+                "--both/--depth, or drop --runs for the graph")
+    if args.runs and args.format in ("dot", "mermaid"):
+        return "--runs prints a table or JSON; --format dot and mermaid draw the graph"
+    if not args.runs and (args.pipeline or args.step or args.offset):
+        return "--pipeline, --step and --offset narrow --runs; add --runs"
+    return None
+
+
+def _lineage(args: argparse.Namespace, dsn: str) -> int:
+    misuse = _lineage_misuse(args)
+    if misuse is not None:
+        print(f"pudato-registry lineage: {misuse}", file=sys.stderr)
+        return 2
+    as_data = args.json or args.format == "json"
+    if args.search is not None:
+        return _lineage_search(args, dsn, as_data=as_data)
+    if args.runs:
+        return _lineage_runs(args, dsn, as_data=as_data)
+    return _lineage_graph(args, dsn, as_data=as_data)
+
+
+def _lineage_search(args: argparse.Namespace, dsn: str, *, as_data: bool) -> int:
+    from pudato_registry import queries  # noqa: PLC0415
+    from pudato_registry.present import as_json, table  # noqa: PLC0415
+
+    found = queries.search_locations(dsn, args.search, limit=args.limit or 20)
+    if not found:
+        print(f"no known location contains {safe(repr(args.search))}", file=sys.stderr)
+        return 1
+    rows = [vars(f) for f in found]
+    print(as_json(rows) if as_data else table(rows, ["location", "steps", "runs",
+                                                     "last_seen"]))
+    return 0
+
+
+def _lineage_runs(args: argparse.Namespace, dsn: str, *, as_data: bool) -> int:
+    from pudato_registry import queries  # noqa: PLC0415
+    from pudato_registry.present import as_json, table  # noqa: PLC0415
+
+    page = queries.lineage_runs(dsn, args.location, pipeline=args.pipeline,
+                                step_name=args.step, limit=args.limit or 50,
+                                offset=args.offset)
+    rows = [{"relation": h.relation, "location": h.location, **h.step} for h in page.hops]
+    if not rows and not queries.known_location(dsn, args.location):
+        return _no_lineage(args.location, dsn)
+    print(as_json(rows) if as_data else table(
+        rows, ["relation", "pipeline", "step_name", "status", "started_at", "completed_at",
+               "job_id", "step_id"]))
+    if page.more:
+        print(f"... more runs: add --offset {args.offset + len(rows)} for the next page",
+              file=sys.stderr if as_data else sys.stdout)
+    return 0
+
+
+def _lineage_graph(args: argparse.Namespace, dsn: str, *, as_data: bool) -> int:
+    from pudato_registry import queries  # noqa: PLC0415
+    from pudato_registry.present import (  # noqa: PLC0415
+        as_json,
+        graph_dot,
+        graph_mermaid,
+        graph_table,
+    )
+
+    most = args.limit or queries.MAX_GRAPH_EDGES
+    if args.location is None:
+        graph = queries.namespace_graph(dsn, args.namespace, environment=args.environment,
+                                        max_edges=most)
+        if not graph.found:
+            print(f"no step of namespace {safe(repr(args.namespace))} reads or writes anything"
+                  + ("" if args.environment is None else
+                     f" in environment {safe(repr(args.environment))}"), file=sys.stderr)
+            return 1
+    else:
+        one_way = args.upstream or args.downstream
+        graph = queries.lineage_graph(
+            dsn, args.location, upstream=not args.downstream, downstream=not args.upstream,
+            depth=args.depth or (3 if one_way else 1), namespace=args.namespace,
+            environment=args.environment, max_edges=most)
+        if not graph.found:
+            return _no_lineage(args.location, dsn)
+    render = {"dot": graph_dot, "mermaid": graph_mermaid}.get(args.format, graph_table)
+    print(as_json(graph.as_dict()) if as_data else render(graph))
+    if graph.truncated:
+        print(f"... the graph was cut at {len(graph.edges)} edges: lower --depth, narrow "
+              "with --namespace/--environment, or raise --limit", file=sys.stderr)
+    return 0
+
+
+def _no_lineage(location: str, dsn: str) -> int:
+    """Say that nothing reads or writes ``location``, and what it may have meant."""
+    from pudato_registry import queries  # noqa: PLC0415
+
+    near = queries.nearest_locations(dsn, location)
+    hint = ("; did you mean " + ", ".join(safe(repr(n.location)) for n in near) + "?"
+            if near else "; lineage --search TEXT lists the known locations containing TEXT")
+    print(f"no step reads or writes {safe(repr(location))}{hint}", file=sys.stderr)
+    return 1
 
 
 def _publish(source: str, wait: float, settings: Settings, *, dry_run: bool = False,

@@ -18,7 +18,7 @@ from typing import Any
 from pudato_registry import devstack, factory, kafka, queries, store
 from pudato_registry.events import DataReference, Event, ExecutionRecord
 from pudato_registry.loop import Worker
-from pudato_registry.present import table
+from pudato_registry.present import graph_table, table
 from pudato_registry.settings import Settings
 
 
@@ -123,6 +123,9 @@ def run_demo(settings: Settings, timeout: float = 120.0) -> int:
             print("\npudato_job_steps:")
             _show(queries.all_steps(local.database_dsn),
                   ["step_name", "status", "started_at", "completed_at", "duration_ms", "error"])
+            print("\nlineage main.fct_dept_budget --upstream (the logical graph):")
+            print(graph_table(queries.lineage_graph(local.database_dsn, "main.fct_dept_budget",
+                                                    downstream=False, depth=3)))
             s = worker.stats
             print(f"\nworker: consumed {s.consumed} events, applied {s.applied}, duplicates "
                   f"{s.duplicates}, dead-lettered {s.dead_lettered}, in {s.batches} "

@@ -233,11 +233,13 @@ def plan_writes(events: Sequence[Event], states: States, *, rewrite: bool = Fals
                 projection.changed_jobs.add(event.job_id)
             if event.step_id is not None and projection.step(event.step_id) is not None:
                 projection.changed_steps.add(event.step_id)
+    steps = projection.step_rows(only_changed=True)
     writes = Writes(
         jobs=projection.job_rows(only_changed=True),
-        steps=projection.step_rows(only_changed=True),
+        steps=steps,
         job_states=[(i, projection.jobs[i].dump()) for i in sorted(projection.changed_jobs)],
         step_states=[(i, projection.steps[i].dump()) for i in sorted(projection.changed_steps)],
+        lineage=projection.lineage(steps, rewrite=rewrite),
     )
     return Plan(writes, new, projection.refused)
 
@@ -421,7 +423,8 @@ class Worker:
         self.consumer = consumer or kafka.make_consumer(
             settings, **self._member.config(), error_cb=self._broker.error)
         self.producer = producer or kafka.make_producer(settings, **{"client.id": "pudato-dlq"})
-        self.store = store or Store(settings.database_dsn)
+        self.store = store or Store(settings.database_dsn,
+                                    lineage_edges=settings.lineage_edges)
         self.metrics = metrics or Metrics(stall_timeout_s=settings.stall_timeout_s)
         self.stats = Stats()
         self._stop = threading.Event()

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:  # only the attributes are used: this module reads no database
+    from pudato_registry.queries import GraphEdge, LineageGraph
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
 _CONTROL.update({ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"})
@@ -81,3 +84,101 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 def as_json(value: Any) -> str:
     """JSON for scripts: times as RFC 3339, numbers of any size."""
     return msgspec.json.format(msgspec.json.encode(value), indent=2).decode().translate(_C1)
+
+
+# --- lineage graphs as Graphviz DOT and Mermaid -------------------------------------
+
+_FAILED = frozenset({"failed", "cancelled"})
+
+
+def _edge_colour(status: str) -> str:
+    """Red for a failure, green for a success, grey while running: a failure never shows green."""
+    if status in _FAILED:
+        return "#c62828"
+    return "#2e7d32" if status in {"success", "succeeded"} else "#757575"
+
+
+def _edge_text(edge: GraphEdge) -> str:
+    runs = f"{edge.runs} run" + ("" if edge.runs == 1 else "s")
+    return f"{runs}, last {edge.last_status} {edge.last_seen.astimezone(UTC):%Y-%m-%d %H:%MZ}"
+
+
+def _step_labels(graph: LineageGraph) -> dict[str, str]:
+    """Step labels, with their namespace and environment when the graph spans several."""
+    scopes = {(s.namespace, s.environment) for s in graph.steps}
+    return {s.id: s.label if len(scopes) < 2 else f"{s.label} [{s.namespace}/{s.environment}]"
+            for s in graph.steps}
+
+
+def graph_table(graph: LineageGraph) -> str:
+    """The graph as a heading and one line per edge, upstream first, nearest first."""
+    labels = _step_labels(graph)
+
+    def name(node_id: str) -> str:
+        return labels.get(node_id) or node_id.removeprefix("dataset:")
+
+    sides = " and ".join(s for s, on in (("upstream", graph.upstream),
+                                        ("downstream", graph.downstream)) if on)
+    rows = [{"side": e.side, "depth": e.depth, "from": name(e.source), "to": name(e.target),
+             "runs": e.runs, "last_status": e.last_status, "last_seen": e.last_seen}
+            for e in graph.edges]
+    shape = f"{sides}, depth {graph.depth}" if graph.whole is None else "the whole namespace"
+    heading = (f"{safe(graph.location)}: {len(graph.datasets)} datasets, {len(graph.steps)} "
+               f"steps, {len(graph.edges)} edges ({shape})")
+    return heading + "\n\n" + table(rows, ["side", "depth", "from", "to", "runs",
+                                           "last_status", "last_seen"])
+
+
+def _dot_text(text: str) -> str:
+    return '"' + safe(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def graph_dot(graph: LineageGraph) -> str:
+    """The graph in Graphviz DOT: datasets as boxes, steps as ellipses, failures in red."""
+    labels = _step_labels(graph)
+    lines = ["digraph lineage {", "  rankdir=LR;",
+             '  node [fontname="Helvetica", fontsize=11];',
+             '  edge [fontname="Helvetica", fontsize=9];']
+    for location in graph.datasets:
+        bold = ", penwidth=2" if location == graph.location else ""
+        lines.append(f"  {_dot_text('dataset:' + location)} [shape=box, "
+                     f"label={_dot_text(location)}{bold}];")
+    for step in graph.steps:
+        lines.append(f"  {_dot_text(step.id)} [shape=ellipse, label={_dot_text(labels[step.id])}];")
+    for edge in graph.edges:
+        colour = _edge_colour(edge.last_status)
+        lines.append(f"  {_dot_text(edge.source)} -> {_dot_text(edge.target)} "
+                     f'[label={_dot_text(_edge_text(edge))}, color="{colour}", '
+                     f'fontcolor="{colour}"];')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+_MERMAID = str.maketrans({'"': "#quot;", "<": "#lt;", ">": "#gt;", "#": "#35;", "`": "#96;",
+                          "|": "#124;"})
+
+
+def _mermaid_text(text: str) -> str:
+    return '"' + safe(text).translate(_MERMAID) + '"'
+
+
+def graph_mermaid(graph: LineageGraph) -> str:
+    """The graph as a Mermaid flowchart (paste into Markdown): datasets as cylinders, steps
+    as rounded boxes, edges of failed runs in red."""
+    labels = _step_labels(graph)
+    ids: dict[str, str] = {}
+    lines = ["flowchart LR"]
+    for n, location in enumerate(graph.datasets):
+        ids["dataset:" + location] = f"d{n}"
+        lines.append(f"  d{n}[({_mermaid_text(location)})]")
+    for n, step in enumerate(graph.steps):
+        ids[step.id] = f"s{n}"
+        lines.append(f"  s{n}([{_mermaid_text(labels[step.id])}])")
+    styles = []
+    for n, edge in enumerate(graph.edges):
+        lines.append(f"  {ids[edge.source]} -->|{_mermaid_text(_edge_text(edge))}| "
+                     f"{ids[edge.target]}")
+        styles.append(f"  linkStyle {n} stroke:{_edge_colour(edge.last_status)}")
+    if graph.location in graph.datasets:
+        lines.append(f"  style {ids['dataset:' + graph.location]} stroke-width:3px")
+    return "\n".join(lines + styles)

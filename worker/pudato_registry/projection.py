@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from pudato_registry import edges
 from pudato_registry.events import (
     ENTITY_EVENTS_MAX,
     ENTITY_EXECUTIONS_MAX,
@@ -362,6 +363,11 @@ class JobState(_Entity):
             metadata=self._metadata(),
         )
 
+    def lineage_key(self) -> edges.JobKey | None:
+        """What the job gives its steps' lineage edges (amendment 3)."""
+        return edges.job_key(self._scalar("namespace", "default"),
+                             self._scalar("environment", "dev"), self._scalar("pipeline"))
+
     def dump(self) -> str:
         """The state's compact JSON encoding, for ``pudato_job_state.state``."""
         ids = sorted(self.seen)
@@ -487,6 +493,17 @@ class StepState(_Entity):
             {key: held[2] for key, held in self.metadata.items()},
         )
 
+    def lineage_view(self) -> edges.StepView:
+        """What of the step's row its lineage edges depend on (amendment 3)."""
+        assert self.owner is not None, "a step state exists only once an event names it"
+        status, completed, _error = self._status()
+        name = self.scalars.get("step_name")
+        return edges.view(
+            self.step_id, self.owner[2], None if name is None else name[2], status,
+            started_at=None if self.started_at is None else from_micros(self.started_at),
+            completed_at=None if completed is None else from_micros(completed),
+            inputs=_references_list(self.inputs), outputs=_references_list(self.outputs))
+
     def dump(self) -> str:
         """The state's compact JSON encoding, for ``pudato_step_state.state``."""
         ids = sorted(self.seen)
@@ -574,6 +591,9 @@ class Projection:
     refused: list[tuple[Event, str]] = field(default_factory=list)
     # The earliest event time of saved jobs not decoded: their head, read once.
     _first_seen: dict[str, int] = field(default_factory=dict)
+    # What saved entities gave the lineage edges before this fold changed them.
+    _jobs_before: dict[str, edges.JobKey | None] = field(default_factory=dict)
+    _steps_before: dict[str, edges.StepView] = field(default_factory=dict)
 
     def job(self, job_id: str) -> JobState | None:
         """The job's state, decoded from its saved state if need be; None if never seen."""
@@ -583,6 +603,7 @@ class Projection:
             if saved is not None:
                 job = self.jobs[job_id] = JobState.load(job_id, saved)
                 self._first_seen.pop(job_id, None)
+                self._jobs_before[job_id] = job.lineage_key()
         return job
 
     def step(self, step_id: str) -> StepState | None:
@@ -592,6 +613,7 @@ class Projection:
             saved = self.saved_steps.pop(step_id, None)
             if saved is not None:
                 step = self.steps[step_id] = StepState.load(step_id, saved)
+                self._steps_before[step_id] = step.lineage_view()
         return step
 
     def apply(self, event: Event) -> bool:
@@ -670,6 +692,36 @@ class Projection:
             self._decode_all()
         ids = self.changed_steps if only_changed else self.steps.keys()
         return [self.steps[i].row() for i in sorted(ids)]
+
+
+    def lineage(self, rows: Iterable[StepRow], *, rewrite: bool = False) -> edges.BatchLineage:
+        """What the fold changed of what the lineage edges are made of, given the rows of
+        the changed steps (:meth:`step_rows`): see :class:`edges.BatchLineage`."""
+        pairs = [(self._steps_before.get(r.step_id),
+                  edges.view(r.step_id, r.job_id, r.step_name, r.status,
+                             started_at=r.started_at, completed_at=r.completed_at,
+                             inputs=r.inputs, outputs=r.outputs)) for r in rows]
+        before = dict(self._jobs_before)
+        after = {job_id: job.lineage_key() for job_id, job in self.jobs.items()}
+        for old, new in pairs:
+            for job_id in (new.job_id, None if old is None else old.job_id):
+                saved = None if job_id is None else self.saved_jobs.get(job_id)
+                if job_id is not None and saved is not None and job_id not in before:
+                    # Read only as far as its head: this fold did not change the job.
+                    before[job_id] = after[job_id] = _head_key(saved)
+        return edges.BatchLineage(pairs, before, after, rewrite)
+
+
+def _head_key(saved: str) -> edges.JobKey | None:
+    """A saved job state's lineage key, without decoding the rest of it."""
+    scalars = _decode(_job_head(saved).scalars)
+
+    def value(name: str, default: Any) -> Any:
+        held = scalars.get(name)
+        return default if held is None else held[2]
+
+    return edges.job_key(value("namespace", "default"), value("environment", "dev"),
+                         value("pipeline", None))
 
 
 def fold(events: Iterable[Event]) -> Projection:

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, connect
+from pudato_registry import edges
+from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, connect, step_key_sql
+
+Source = str | psycopg.Connection[Any]  # a database URL, or a connection held by the caller
+
+
+@contextlib.contextmanager
+def _connected(source: Source) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for one answer: the caller's (left open), or a new one for the URL."""
+    if isinstance(source, str):
+        with connect(source) as conn:
+            yield conn
+    else:
+        yield source
+        source.rollback()  # end the read's transaction: no snapshot held between answers
 
 
 def _rows(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], key: str, *,
@@ -20,25 +36,33 @@ def _rows(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], k
         return cur.fetchall()
 
 
-def all_jobs(dsn: str) -> list[dict[str, Any]]:
+def all_jobs(dsn: Source) -> list[dict[str, Any]]:
     """Every row of ``pudato_jobs``, by job_id."""
-    with connect(dsn) as conn:
+    with _connected(dsn) as conn:
         return _rows(conn, "pudato_jobs", JOB_COLUMNS, "job_id")
 
 
-def all_steps(dsn: str) -> list[dict[str, Any]]:
+def all_steps(dsn: Source) -> list[dict[str, Any]]:
     """Every row of ``pudato_job_steps``, by step_id."""
-    with connect(dsn) as conn:
+    with _connected(dsn) as conn:
         return _rows(conn, "pudato_job_steps", STEP_COLUMNS, "step_id")
 
 
-def job_with_steps(dsn: str, job_id: str, limit: int = 1000) -> tuple[
+def all_edges(dsn: Source) -> list[dict[str, Any]]:
+    """Every row of ``pudato_lineage_edges`` (without its digests), by key."""
+    with _connected(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {', '.join(edges.COLUMNS)} FROM pudato_lineage_edges ORDER BY "
+                    + ", ".join(f'{c} COLLATE "C"' for c in edges.KEY_COLUMNS))
+        return cur.fetchall()
+
+
+def job_with_steps(dsn: Source, job_id: str, limit: int = 1000) -> tuple[
         dict[str, Any] | None, list[dict[str, Any]], int]:
     """One job, its first ``limit`` steps (by start time) and how many more it has.
 
     (None, [], 0) if the job is unknown.
     """
-    with connect(dsn) as conn:
+    with _connected(dsn) as conn:
         jobs = _rows(conn, "pudato_jobs", JOB_COLUMNS, "job_id", where="WHERE job_id = %s",
                      params=(job_id,))
         with conn.cursor(row_factory=dict_row) as cur:
@@ -67,7 +91,7 @@ class JobFilter:
     limit: int = 50
 
 
-def list_jobs(dsn: str, where: JobFilter) -> list[dict[str, Any]]:
+def list_jobs(dsn: Source, where: JobFilter) -> list[dict[str, Any]]:
     """Jobs matching the filter, newest first.
 
     ``stuck_for``: running jobs whose start is longer ago than that, with no
@@ -86,7 +110,7 @@ def list_jobs(dsn: str, where: JobFilter) -> list[dict[str, Any]]:
         clauses.append("status = 'running' AND started_at < now() - %s")
         params.append(where.stuck_for)
     sql_where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    with connect(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with _connected(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM pudato_jobs {sql_where} "
                     "ORDER BY created_at DESC, job_id LIMIT %s", (*params, where.limit))
         return cur.fetchall()
@@ -150,7 +174,7 @@ def spellings(location: str) -> list[str]:
     return [f"file://{path}", path, f"file:{path}"]
 
 
-def lineage(dsn: str, location: str, *, upstream: bool = False, downstream: bool = False,
+def lineage(dsn: Source, location: str, *, upstream: bool = False, downstream: bool = False,
             depth: int = 3, limit: int = 1000) -> Lineage:
     """Steps that produced or consumed ``location``; with a direction, walk ``depth`` hops.
 
@@ -161,7 +185,7 @@ def lineage(dsn: str, location: str, *, upstream: bool = False, downstream: bool
     """
     depth = max(1, min(depth, MAX_DEPTH))
     hops: list[LineageHop] = []
-    with connect(dsn) as conn:
+    with _connected(dsn) as conn:
         if not (upstream or downstream):
             for column, relation in (("outputs", "produced"), ("inputs", "consumed")):
                 hops += [LineageHop(1, relation, step.pop("via"), step)
@@ -192,3 +216,327 @@ def lineage(dsn: str, location: str, *, upstream: bool = False, downstream: bool
             if not frontier:
                 break
     return Lineage(hops)
+
+
+# --- the logical lineage graph (pudato_lineage_edges) ---------------------------------
+
+
+@dataclass(frozen=True)
+class StepNode:
+    """A logical step: a named step of a pipeline, in a namespace and environment."""
+
+    namespace: str
+    environment: str
+    pipeline: str
+    step_name: str
+
+    @property
+    def id(self) -> str:
+        """A stable node id (for JSON, DOT and Mermaid)."""
+        return "step:" + "\x1f".join((self.namespace, self.environment, self.pipeline,
+                                      self.step_name))
+
+    @property
+    def label(self) -> str:
+        """How people name it."""
+        return f"{self.pipeline} / {self.step_name}"
+
+
+@dataclass(frozen=True)
+class GraphEdge:
+    """One logical edge: a step reads (``in``) or writes (``out``) a location, over its runs."""
+
+    location: str
+    direction: str
+    step: StepNode
+    runs: int
+    first_seen: datetime
+    last_seen: datetime
+    last_status: str
+    last_job_id: str
+    last_step_id: str
+    ref_type: str
+    depth: int  # steps away from the location asked about (1: it reads or writes it)
+    side: str  # "upstream" or "downstream" of that location
+
+    @property
+    def source(self) -> str:
+        """The id of the node the edge leaves: the dataset read, or the step writing."""
+        return dataset_id(self.location) if self.direction == "in" else self.step.id
+
+    @property
+    def target(self) -> str:
+        """The id of the node the edge enters."""
+        return self.step.id if self.direction == "in" else dataset_id(self.location)
+
+
+def dataset_id(location: str) -> str:
+    """A dataset's node id."""
+    return f"dataset:{location}"
+
+
+@dataclass
+class LineageGraph:
+    """The datasets and logical steps around a location, with the edges between them."""
+
+    location: str  # as found in the table (a file path may be stored under another spelling)
+    found: bool
+    datasets: list[str] = field(default_factory=list)
+    steps: list[StepNode] = field(default_factory=list)
+    edges: list[GraphEdge] = field(default_factory=list)
+    truncated: bool = False  # the walk stopped at max_edges
+    depth: int = 1
+    upstream: bool = True
+    downstream: bool = True
+    whole: str | None = None  # a namespace (and environment) drawn whole: no location asked
+
+
+    def as_dict(self) -> dict[str, Any]:
+        """The graph for JSON: nodes with ids, edges by node id."""
+        return {
+            "location": self.location, "found": self.found, "depth": self.depth,
+            "whole": self.whole,
+            "truncated": self.truncated,
+            "nodes": [{"id": dataset_id(d), "kind": "dataset", "location": d}
+                      for d in self.datasets]
+                     + [{"id": s.id, "kind": "step", "label": s.label,
+                         "namespace": s.namespace, "environment": s.environment,
+                         "pipeline": s.pipeline, "step_name": s.step_name} for s in self.steps],
+            "edges": [{"source": e.source, "target": e.target, "location": e.location,
+                       "direction": e.direction, "side": e.side, "depth": e.depth,
+                       "step": e.step.label, "runs": e.runs, "first_seen": e.first_seen,
+                       "last_seen": e.last_seen, "last_status": e.last_status,
+                       "last_job_id": e.last_job_id, "last_step_id": e.last_step_id,
+                       "ref_type": e.ref_type} for e in self.edges],
+        }
+
+
+MAX_GRAPH_EDGES = 2000  # a graph bigger than this is a warehouse, not an answer
+_EDGE_READ = ("location, direction, namespace, environment, pipeline, step_name, runs,"
+              " first_seen, last_seen, last_status, last_job_id, last_step_id, ref_type")
+
+
+def _graph_edge(row: tuple[Any, ...], depth: int, side: str) -> GraphEdge:
+    (location, direction, namespace, environment, pipeline, step_name, runs, first_seen,
+     last_seen, last_status, last_job_id, last_step_id, ref_type) = row
+    return GraphEdge(location, direction, StepNode(namespace, environment, pipeline, step_name),
+                     int(runs), first_seen, last_seen, last_status, last_job_id, last_step_id,
+                     ref_type, depth, side)
+
+
+def _scope(namespace: str | None, environment: str | None) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if namespace is not None:
+        clauses.append("namespace = %s")
+        params.append(namespace)
+    if environment is not None:
+        clauses.append("environment = %s")
+        params.append(environment)
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+def _at_locations(conn: psycopg.Connection[Any], locations: list[str], direction: str,
+                  scope: tuple[str, list[Any]], limit: int) -> list[tuple[Any, ...]]:
+    """Edges of ``direction`` at these locations: one probe of the location index each."""
+    return conn.execute(
+        f"SELECT {_EDGE_READ} FROM pudato_lineage_edges WHERE location = ANY(%s)"
+        f" AND direction = %s{scope[0]} ORDER BY last_seen DESC LIMIT %s",
+        (locations, direction, *scope[1], limit)).fetchall()
+
+
+def _of_steps(conn: psycopg.Connection[Any], steps: list[StepNode], direction: str,
+              limit: int) -> list[tuple[Any, ...]]:
+    """Edges of ``direction`` of these logical steps, found by their step_key."""
+    return conn.execute(
+        f"SELECT {_EDGE_READ} FROM pudato_lineage_edges WHERE step_key = ANY(ARRAY("
+        f"SELECT {step_key_sql('k.')} FROM unnest(%s::text[], %s::text[], %s::text[],"
+        " %s::text[]) AS k(namespace, environment, pipeline, step_name)))"
+        " AND direction = %s ORDER BY last_seen DESC LIMIT %s",
+        ([s.namespace for s in steps], [s.environment for s in steps],
+         [s.pipeline for s in steps], [s.step_name for s in steps], direction,
+         limit)).fetchall()
+
+
+def lineage_graph(dsn: Source, location: str, *, upstream: bool = True, downstream: bool = True,
+                  depth: int = 1, namespace: str | None = None,
+                  environment: str | None = None,
+                  max_edges: int = MAX_GRAPH_EDGES) -> LineageGraph:
+    """The logical graph around ``location``: the steps that write it (upstream) and what
+    they read, the steps that read it (downstream) and what they write, ``depth`` steps out.
+
+    Two indexed queries per step of depth and side, whatever the number of
+    runs behind an edge. ``namespace``/``environment`` narrow the steps. At
+    most ``max_edges`` edges; the answer says if it was cut. A file location is
+    found however it is spelt (:func:`spellings`).
+    """
+    depth = max(1, min(depth, MAX_DEPTH))
+    graph = LineageGraph(location, False, depth=depth, upstream=upstream,
+                         downstream=downstream)
+    scope = _scope(namespace, environment)
+    with _connected(dsn) as conn:
+        names = spellings(location)
+        stored = [str(r[0]) for r in conn.execute(
+            "SELECT DISTINCT location FROM pudato_lineage_edges WHERE location = ANY(%s)",
+            (names,)).fetchall()]
+        if not stored:
+            return graph
+        graph.found, graph.location = True, stored[0] if len(stored) == 1 else location
+        datasets: dict[str, None] = dict.fromkeys(stored)
+        steps: dict[StepNode, None] = {}
+        edges: dict[tuple[str, str, StepNode], GraphEdge] = {}
+        # Upstream: who wrote it ("out" edges there), then what they read ("in" edges).
+        sides = [s for s, wanted in (("upstream", upstream), ("downstream", downstream))
+                 if wanted]
+        for side in sides:
+            toward, away = ("out", "in") if side == "upstream" else ("in", "out")
+            frontier = list(stored)
+            seen_steps: set[StepNode] = set()
+            for level in range(1, depth + 1):
+                room = max_edges - len(edges)
+                rows = _at_locations(conn, frontier, toward, scope, room + 1)
+                new_steps = []
+                for row in rows[:room]:
+                    edge = _graph_edge(row, level, side)
+                    edges.setdefault((edge.location, edge.direction, edge.step), edge)
+                    if edge.step not in seen_steps:
+                        seen_steps.add(edge.step)
+                        new_steps.append(edge.step)
+                        steps.setdefault(edge.step)
+                if len(rows) > room:
+                    graph.truncated = True
+                    break
+                if not new_steps:
+                    break
+                room = max_edges - len(edges)
+                rows = _of_steps(conn, new_steps, away, room + 1)
+                frontier = []
+                for row in rows[:room]:
+                    edge = _graph_edge(row, level, side)
+                    edges.setdefault((edge.location, edge.direction, edge.step), edge)
+                    if edge.location not in datasets:
+                        datasets[edge.location] = None
+                        frontier.append(edge.location)
+                if len(rows) > room:
+                    graph.truncated = True
+                    break
+                if not frontier:
+                    break
+            if graph.truncated:
+                break
+    graph.datasets, graph.steps = list(datasets), list(steps)
+    graph.edges = sorted(edges.values(), key=lambda e: (
+        e.side != "upstream", e.depth, e.direction != ("out" if e.side == "upstream" else "in"),
+        e.step.label, e.location))
+    return graph
+
+
+def known_location(dsn: Source, location: str) -> bool:
+    """Whether any logical step reads or writes ``location`` (in any of its spellings)."""
+    with _connected(dsn) as conn:
+        return conn.execute("SELECT 1 FROM pudato_lineage_edges WHERE location = ANY(%s)"
+                            " LIMIT 1", (spellings(location),)).fetchone() is not None
+
+
+def namespace_graph(dsn: Source, namespace: str, *, environment: str | None = None,
+                    max_edges: int = MAX_GRAPH_EDGES) -> LineageGraph:
+    """Every edge of the steps of a namespace (and environment): its whole graph, one
+    indexed query; at most ``max_edges`` edges, most recently seen first."""
+    scope = _scope(namespace, environment)
+    with _connected(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT {_EDGE_READ} FROM pudato_lineage_edges WHERE true{scope[0]}"
+            " ORDER BY last_seen DESC LIMIT %s", (*scope[1], max_edges + 1)).fetchall()
+    whole = namespace if environment is None else f"{namespace}/{environment}"
+    graph = LineageGraph(whole, bool(rows), depth=0, upstream=False, downstream=False,
+                         whole=whole, truncated=len(rows) > max_edges)
+    found = [_graph_edge(row, 0, "namespace") for row in rows[:max_edges]]
+    graph.datasets = list(dict.fromkeys(e.location for e in found))
+    graph.steps = list(dict.fromkeys(e.step for e in found))
+    graph.edges = sorted(found, key=lambda e: (e.step.label, e.direction, e.location))
+    return graph
+
+
+@dataclass(frozen=True)
+class KnownLocation:
+    """A location the graph knows, with how much stands behind it."""
+
+    location: str
+    steps: int  # logical steps reading or writing it
+    runs: int  # step runs behind those edges
+    last_seen: datetime
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def search_locations(dsn: Source, text: str, *, limit: int = 20) -> list[KnownLocation]:
+    """Known locations containing ``text`` (any case), shortest first; at most ``limit``.
+
+    Served by the trigram index where pg_trgm is installed (three characters
+    or more); otherwise a scan of the edges, cut at ``limit``.
+    """
+    with _connected(dsn) as conn:
+        rows: list[Any] = conn.execute(
+            "SELECT location, count(*), sum(runs), max(last_seen) FROM pudato_lineage_edges"
+            " WHERE location ILIKE %s GROUP BY location"
+            " ORDER BY length(location), location COLLATE \"C\" LIMIT %s",
+            (_like(text), limit)).fetchall()
+    return [KnownLocation(r[0], int(r[1]), int(r[2]), r[3]) for r in rows]
+
+
+def nearest_locations(dsn: Source, location: str, *, limit: int = 5) -> list[KnownLocation]:
+    """Locations a mistyped or partial ``location`` may have meant: those containing its
+    last part (after the last ``/``, ``.`` or ``:``), else those containing any part."""
+    parts = [p for p in location.replace(":", "/").replace(".", "/").split("/") if p]
+    for part in ([parts[-1]] if parts else []) + sorted(set(parts[:-1]), key=len, reverse=True):
+        found = search_locations(dsn, part, limit=limit)
+        if found:
+            return found
+    return []
+
+
+@dataclass(frozen=True)
+class LineageRuns:
+    """One page of the step runs that read or wrote a location, newest first."""
+
+    hops: list[LineageHop]
+    more: bool  # another page follows
+
+
+def lineage_runs(dsn: Source, location: str, *, pipeline: str | None = None,
+                 step_name: str | None = None, limit: int = 50,
+                 offset: int = 0) -> LineageRuns:
+    """The step runs that wrote (``produced``) or read (``consumed``) ``location``, newest
+    first by start (or completion), ``limit`` from ``offset``; narrowed by pipeline and
+    step name."""
+    clauses, params = [], []
+    if pipeline is not None:
+        clauses.append("j.pipeline = %s")
+        params.append(pipeline)
+    if step_name is not None:
+        clauses.append("s.step_name = %s")
+        params.append(step_name)
+    narrow = "".join(f" AND {c}" for c in clauses)
+    names = spellings(location)
+    probes = [(column, relation) for column, relation in (("outputs", "produced"),
+                                                          ("inputs", "consumed"))]
+    union = " UNION ALL ".join(
+        f"SELECT '{relation}' AS relation, probe.location AS via, s.step_id, s.job_id,"
+        f" s.step_name, s.status, s.started_at, s.completed_at, j.pipeline,"
+        f" coalesce(s.started_at, s.completed_at) AS seen"
+        f" FROM unnest(%s::text[]) AS probe(location)"
+        f" JOIN pudato_job_steps s ON s.{column} @> jsonb_build_array("
+        f"jsonb_build_object('location', probe.location))"
+        f" JOIN pudato_jobs j ON j.job_id = s.job_id WHERE true{narrow}"
+        for column, relation in probes)
+    args: list[Any] = []
+    for _probe in probes:
+        args += [names, *params]
+    with _connected(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT * FROM ({union}) runs ORDER BY seen DESC NULLS LAST,"
+                    " step_id COLLATE \"C\" DESC, relation LIMIT %s OFFSET %s",
+                    (*args, limit + 1, offset))
+        rows = cur.fetchall()
+    hops = [LineageHop(1, row.pop("relation"), row.pop("via"), row) for row in rows[:limit]]
+    return LineageRuns(hops, len(rows) > limit)

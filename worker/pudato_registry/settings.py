@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # holds what arrived within batch_timeout_s; batch_max_bytes bounds memory.
     batch_size: int = Field(20_000, ge=1,
                             description="most messages applied in one transaction")
+    lineage_edges: bool = Field(
+        True, description="keep pudato_lineage_edges (the logical lineage graph) in every "
+        "batch; false only to measure what that costs: the graph then goes stale until a "
+        "replay rebuilds it")
     batch_max_bytes: int = Field(
         16 * MIB, ge=1, description="most bytes of message values in one batch (a larger "
         "message makes a batch of its own): bounds the worker's memory")

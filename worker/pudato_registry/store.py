@@ -22,7 +22,10 @@ import msgspec
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
 from psycopg.types.json import set_json_dumps
+
+from pudato_registry import edges
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +295,8 @@ class Writes:
     steps: Sequence[Sequence[object]]
     job_states: Sequence[tuple[str, str]]
     step_states: Sequence[tuple[str, str]]
+    # What the lineage edges are made of, before and after (None: the edges stay).
+    lineage: edges.BatchLineage | None = None
 
     def states(self) -> States:
         """The saved states these writes leave."""
@@ -325,8 +330,11 @@ class Store:
     dropped after any failure, so that a retry starts on a fresh one.
     """
 
-    def __init__(self, dsn: str, *, schema: str | None = None) -> None:
+    def __init__(self, dsn: str, *, schema: str | None = None,
+                 lineage_edges: bool = True) -> None:
         self._dsn = dsn
+        # Off only to measure what keeping pudato_lineage_edges costs (bench/).
+        self._lineage_edges = lineage_edges
         # After a primary-key race the next attempt upserts every row (see _key_race).
         self._upsert_all = False
         # A replay writes the same tables in its shadow schema.
@@ -360,6 +368,8 @@ class Store:
             with conn.transaction():
                 for target in (_JOBS, _STEPS, _JOB_STATE, _STEP_STATE):
                     conn.execute(target.create_stage)
+                if self._lineage_edges:
+                    conn.execute(_EDGE_STAGE)
             self._conn = conn
         return self._conn
 
@@ -377,6 +387,8 @@ class Store:
                 self._write(conn, _STEPS, writes.steps, existing[1])
                 self._write(conn, _JOB_STATE, writes.job_states, existing[0])
                 self._write(conn, _STEP_STATE, writes.step_states, existing[1])
+                if writes.lineage is not None and self._lineage_edges:
+                    keep_edges(conn, writes.lineage)
         except BaseException as exc:
             self._upsert_all = isinstance(exc, psycopg.Error) and _key_race(exc)
             # Only this connection: the reader may be busy in another thread.
@@ -425,13 +437,170 @@ class Store:
         self._conn = self._reader = None
 
 
+# --- the lineage edges (amendment 3) -------------------------------------------------
+
+
+def _digest_sql(columns: Sequence[str], alias: str = "") -> str:
+    """SHA-256 of the columns' texts, each prefixed by its length: no two tuples share one."""
+    parts = ", ".join(f"length({alias}{c}), ':', {alias}{c}" for c in columns)
+    return f"sha256(convert_to(concat({parts}), 'UTF8'))"
+
+
+_STEP_KEY_COLUMNS = ("namespace", "environment", "pipeline", "step_name")
+
+
+def edge_key_sql(alias: str = "") -> str:
+    """The SQL of an edge's ``edge_key`` from its six key columns (as migration 004 has it)."""
+    return _digest_sql(edges.KEY_COLUMNS, alias)
+
+
+def step_key_sql(alias: str = "") -> str:
+    """The SQL of an edge's ``step_key`` from its step's four columns."""
+    return _digest_sql(_STEP_KEY_COLUMNS, alias)
+
+
+EDGE_COLUMNS = edges.COLUMNS
+_EDGE_LIST = ", ".join(EDGE_COLUMNS)
+# The increments of a batch: the columns without the digests (computed on the way in).
+_EDGE_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS pudato_stage_lineage_edges ON COMMIT DELETE ROWS"
+               f" AS SELECT {_EDGE_LIST} FROM pudato_lineage_edges WITH NO DATA")
+_EDGE_TYPES = ["text"] * 6 + ["int8", "timestamptz", "timestamptz", "text", "text", "text",
+                              "text"]
+_LATEST = ("last_seen", "last_step_id", "last_job_id", "last_status", "ref_type")
+
+
+def _merge(new: str, *, runs: bool) -> str:
+    """SET clauses merging increment ``new`` into stored edge ``e``.
+
+    The latest contributor wins: the greater (seen, step_id), step ids compared
+    by code point as the definition (and Python) compares them.
+    """
+    newer = (f'({new}.last_seen, {new}.last_step_id COLLATE "C") >= '
+             '(e.last_seen, e.last_step_id COLLATE "C")')
+    sets = [f"runs = e.runs + {new}.runs"] if runs else []
+    sets.append(f"first_seen = least(e.first_seen, {new}.first_seen)")
+    sets += [f"{c} = CASE WHEN {newer} THEN {new}.{c} ELSE e.{c} END" for c in _LATEST]
+    return ", ".join(sets)
+
+
+def _insert_edges(source: str, on_conflict: str) -> str:
+    return (f"INSERT INTO pudato_lineage_edges AS e (edge_key, step_key, {_EDGE_LIST}) "
+            f"SELECT {edge_key_sql()}, {step_key_sql()}, {_EDGE_LIST} FROM {source} "
+            f"ORDER BY 1 ON CONFLICT (edge_key) {on_conflict}")
+
+
+# New contributions: inserted, or merged into the stored edge.
+_EDGE_MERGE = _insert_edges("pudato_stage_lineage_edges WHERE runs > 0",
+                            f"DO UPDATE SET {_merge('EXCLUDED', runs=True)}")
+# Changed ones (no run added): merged into an edge that exists, never creating one.
+_EDGE_TOUCH = (f"UPDATE pudato_lineage_edges e SET {_merge('s', runs=False)}"
+               " FROM pudato_stage_lineage_edges s"
+               f" WHERE s.runs = 0 AND e.edge_key = {edge_key_sql('s.')}")
+
+
+def _recompute_sql(direction: str, column: str) -> str:
+    """Edges of one direction aggregated afresh from the rows, for keys given as arrays.
+
+    A step contributes once, however many entries name the location; the
+    ref_type is that of the latest contributor's first entry naming it.
+    """
+    matches = (f"s.{column} @> jsonb_build_array(jsonb_build_object('location', k.location))"
+               " AND s.step_name = k.step_name AND j.pipeline = k.pipeline"
+               " AND j.namespace = k.namespace AND j.environment = k.environment"
+               " AND coalesce(s.started_at, s.completed_at) IS NOT NULL")
+    return f"""
+SELECT k.location, '{direction}'::text, k.namespace, k.environment, k.pipeline, k.step_name,
+       agg.runs, agg.first_seen, last.seen, last.step_id, last.job_id, last.status,
+       last.ref_type
+  FROM unnest(%(location)s::text[], %(namespace)s::text[], %(environment)s::text[],
+              %(pipeline)s::text[], %(step_name)s::text[])
+       AS k(location, namespace, environment, pipeline, step_name)
+ CROSS JOIN LATERAL (
+       SELECT count(*) AS runs, min(coalesce(s.started_at, s.completed_at)) AS first_seen
+         FROM pudato_job_steps s JOIN pudato_jobs j ON j.job_id = s.job_id
+        WHERE {matches}) agg
+ CROSS JOIN LATERAL (
+       SELECT coalesce(s.started_at, s.completed_at) AS seen, s.step_id, s.job_id, s.status,
+              (SELECT r.entry->>'ref_type' FROM jsonb_array_elements(s.{column})
+                      WITH ORDINALITY AS r(entry, n)
+                WHERE r.entry->>'location' = k.location ORDER BY r.n LIMIT 1) AS ref_type
+         FROM pudato_job_steps s JOIN pudato_jobs j ON j.job_id = s.job_id
+        WHERE {matches}
+        ORDER BY 1 DESC, s.step_id COLLATE "C" DESC LIMIT 1) last"""
+
+
+_RECOMPUTE = {direction: _insert_edges(f"({_recompute_sql(direction, column)}) AS fresh"
+                                       f"({_EDGE_LIST})", "DO NOTHING")
+              for direction, column in edges.DIRECTIONS}
+_VIEW_COLUMNS = ("step_id, job_id, step_name, status, started_at, completed_at, inputs, "
+                 "outputs")
+
+
+def keep_edges(conn: psycopg.Connection[tuple[object, ...]],
+               change: edges.BatchLineage) -> edges.Delta:
+    """Inside a batch's transaction, after its rows: bring ``pudato_lineage_edges`` along.
+
+    Reads what the batch does not know: the keys of jobs it did not touch
+    that its steps name, and the steps of jobs whose key it changed. New and
+    changed contributions merge into the stored edges by one upsert, whatever
+    their history; the edges a contribution left are aggregated afresh.
+    """
+    stored: dict[str, edges.JobKey | None] = {}
+    unknown = change.unknown_jobs()
+    if unknown:
+        rows = conn.execute("SELECT job_id, namespace, environment, pipeline FROM pudato_jobs"
+                            " WHERE job_id = ANY(%s)", (sorted(unknown),)).fetchall()
+        stored = {str(r[0]): edges.job_key(*r[1:]) for r in rows}  # type: ignore[arg-type]
+    unchanged: list[edges.StepView] = []
+    moved = change.moved_jobs()
+    if moved:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(f"SELECT {_VIEW_COLUMNS} FROM pudato_job_steps WHERE job_id = ANY(%s)"
+                        " AND NOT step_id = ANY(%s)",
+                        (moved, [new.step_id for _old, new in change.steps]))
+            unchanged = [edges.view_of(row) for row in cur.fetchall()]
+    found = change.delta(stored, unchanged)
+    with conn.cursor() as cur:
+        if found.increments:
+            rows = [found.increments[k].row() for k in sorted(found.increments)]
+            copy_rows(cur, f"COPY pudato_stage_lineage_edges ({_EDGE_LIST}) FROM STDIN"
+                           " (FORMAT BINARY)", rows, _EDGE_TYPES)
+            runs = [row[6] for row in rows]
+            if any(runs):
+                cur.execute(_EDGE_MERGE)
+            if not all(runs):
+                cur.execute(_EDGE_TOUCH)
+        if found.recompute:
+            recompute_edges(conn, sorted(found.recompute))
+    return found
+
+
+def recompute_edges(conn: psycopg.Connection[tuple[object, ...]],
+                    keys: Sequence[edges.EdgeKey]) -> None:
+    """Aggregate these edges afresh from the rows: rewritten, or removed if nothing
+    contributes to them any more."""
+    columns = ("location", "namespace", "environment", "pipeline", "step_name")
+    conn.execute(
+        f"DELETE FROM pudato_lineage_edges WHERE edge_key = ANY(SELECT {edge_key_sql('k.')}"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+        f" AS k({', '.join(edges.KEY_COLUMNS)}))",
+        [[k[i] for k in keys] for i in range(6)])
+    for direction, _column in edges.DIRECTIONS:
+        chosen = [k for k in keys if k[1] == direction]
+        if chosen:
+            params = {c: [k[i] for k in chosen] for c, i in zip(columns, (0, 2, 3, 4, 5),
+                                                                 strict=True)}
+            conn.execute(_RECOMPUTE[direction], params)
+
+
 # --- replay: shadow tables and the swap ------------------------------------------------
 
 SHADOW_SCHEMA = "pudato_shadow"
 RETIRED_SCHEMA = "pudato_retired"
 # In the order the worker's transaction first touches them, so that the swap's
 # locks queue behind a running batch instead of deadlocking with it.
-PROJECTION_TABLES = ("pudato_job_state", "pudato_step_state", "pudato_jobs", "pudato_job_steps")
+PROJECTION_TABLES = ("pudato_job_state", "pudato_step_state", "pudato_jobs", "pudato_job_steps",
+                     "pudato_lineage_edges")
 
 
 def create_shadow(dsn: str, migrations: Sequence[Migration] | None = None) -> None:
@@ -600,9 +769,15 @@ def differences(dsn: str, sample: int = 5) -> dict[str, tuple[int, list[str]]]:
     out = {}
     with connect(dsn) as conn:
         (live,) = conn.execute("SELECT current_schema()").fetchone()  # type: ignore[misc]
-        for table, key in (("pudato_jobs", "job_id"), ("pudato_job_steps", "step_id")):
+        edge = ("CASE WHEN {t}.edge_key IS NOT NULL THEN concat_ws(' ', {t}.location,"
+                " CASE {t}.direction WHEN 'in' THEN 'read by' ELSE 'written by' END,"
+                " {t}.pipeline, '/', {t}.step_name) END")
+        for table, key, named in (("pudato_jobs", "job_id", "{t}.job_id"),
+                                  ("pudato_job_steps", "step_id", "{t}.step_id"),
+                                  ("pudato_lineage_edges", "edge_key", edge)):
             rows = conn.execute(
-                f"SELECT coalesce(l.{key}, s.{key}) FROM {live}.{table} l "
+                f"SELECT coalesce({named.format(t='l')}, {named.format(t='s')})"
+                f" FROM {live}.{table} l "
                 f"FULL JOIN {SHADOW_SCHEMA}.{table} s ON l.{key} = s.{key} "
                 f"WHERE l IS DISTINCT FROM s ORDER BY 1"
             ).fetchall()
