@@ -10,7 +10,7 @@ import pytest
 
 from pudato_registry import factory
 from pudato_registry.cli import main
-from pudato_registry.events import DataReference, Event
+from pudato_registry.events import DataReference, Event, ExecutionRecord
 from pudato_registry.settings import Settings
 from tests.helpers import drain, messages_of
 from tests.services import produce
@@ -307,3 +307,129 @@ def test_jobs_show_and_dlq_list_are_bounded_with_a_more_line(
     out = capsys.readouterr().out
     assert out.count("not_json") == 3
     assert "... and 4 more dead letters, not shown: raise --limit (now 3)" in out
+
+
+# --- jobs diff and jobs reproduce ----------------------------------------------------
+
+
+def _night(n: int, *, logic: str = "git:1", rows: int = 1000, year: int = 2026,
+           extra: bool = False, retry: bool = False, fail: bool = False) -> list[Event]:
+    job, at = f"night-{n}", NOW - timedelta(days=10 - n)
+    sql = f"select * from raw.src where year = {year}"
+    load = f"{job}-load"
+    events: list[Event] = [
+        factory.job_submitted(job, pipeline="nightly", logic_version=logic,
+                              parameters={"day": n if n < 3 else 2, "db_password": f"pw{n}"},
+                              occurred_at=at),
+        factory.job_started(job, occurred_at=at)]
+    if retry:
+        events += [factory.step_started(job, f"{load}-a1", step_name="load", handler_type="h",
+                                        action="a", inputs=[_ref("raw.src")], occurred_at=at),
+                   factory.step_failed(job, f"{load}-a1", error="timeout\nretrying",
+                                       occurred_at=at + timedelta(seconds=1))]
+    events += [
+        factory.step_started(job, load, step_name="load", handler_type="h", action="a",
+                             inputs=[DataReference(ref_type="table", location="raw.src",
+                                                   metadata={"row_count": 500})],
+                             occurred_at=at + timedelta(seconds=2)),
+        factory.step_succeeded(job, load, outputs=[DataReference(
+            ref_type="table", location="stg.src", metadata={"row_count": rows})],
+            executions=[ExecutionRecord(execution_type="sql", details={"sql": sql})],
+            duration_ms=1000, occurred_at=at + timedelta(seconds=3))]
+    if extra:
+        events += _step(job, "audit", ["stg.src"], ["audit.log"], at + timedelta(seconds=4))
+    events.append(factory.job_failed(job, error="x", occurred_at=at + timedelta(seconds=9))
+                   if fail else factory.job_succeeded(job, occurred_at=at + timedelta(
+                       seconds=9)))
+    return events
+
+
+@pytest.fixture
+def nights(settings: Settings) -> Settings:
+    """Four nightly runs of one pipeline, the fourth retrying its load; raw.src written
+    before night 2 and after it."""
+    def ingest(n: int, at: datetime) -> list[Event]:
+        return [factory.job_submitted(f"ingest-{n}", pipeline="ingest", occurred_at=at),
+                *_step(f"ingest-{n}", "pull", [], ["raw.src"], at)]
+
+    events = [*ingest(1, NOW - timedelta(days=8, hours=1)), *_night(1), *_night(2),
+              *ingest(2, NOW - timedelta(days=7, hours=12)),
+              *_night(3, logic="git:2", rows=0, year=2027, extra=True),
+              *_night(4, logic="git:2", rows=0, year=2027, extra=True, retry=True)]
+    produce(settings, messages_of(events))
+    drain(settings)
+    return settings
+
+
+def test_jobs_diff_explains_tonights_run(nights: Settings,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = ["--database-url", nights.database_dsn]
+    assert main(["jobs", "diff", "night-3", "--json", "--normalize-literals", *dsn]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert found["a"] == "night-2"  # the run before it
+    assert found["verdict"] == [
+        "logic_version changed (git:1 -> git:2)", "1 parameter changed",
+        "1 input from other producing runs", "1 step only in B: audit",
+        "SQL of 1 step differs only in literals", "1 output dropped to 0 rows"]
+    assert found["parameters"] == [{"path": "db_password", "a": "***", "b": "***"}]
+    [source] = found["inputs"]
+    assert (source["a"]["producer"]["job_id"], source["b"]["producer"]["job_id"]) == (
+        "ingest-1", "ingest-2")
+    [load] = [s for s in found["steps"] if s["step"] == "load"]
+    assert load["outputs"] == [{"location": "stg.src", "a": 1000, "b": 0, "moved": -1.0,
+                                "dropped_to_zero": True}]
+    assert main(["jobs", "diff", "night-3", *dsn]) == 1
+    text = capsys.readouterr().out
+    assert text.startswith("verdict: logic_version changed (git:1 -> git:2); ")
+    assert "+select * from raw.src where year = 2027" in text  # without the flag: a diff
+    assert "stg.src  1000 -> 0  DROPPED TO 0" in text
+
+
+def test_a_retried_step_is_compared_attempt_by_attempt(
+        nights: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["jobs", "diff", "night-4", "--json",
+                 "--database-url", nights.database_dsn]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert found["a"] == "night-3"
+    assert "1 step only in B: load#2" in found["verdict"]
+    steps = {s["step"]: s for s in found["steps"]}
+    assert (steps["load"]["a"]["status"], steps["load"]["b"]["status"]) == ("success",
+                                                                            "failed")
+    assert steps["load"]["b"]["error"] == "timeout"  # the first line
+    assert steps["load#2"]["only_in"] == "B"
+
+
+def test_jobs_diff_exits_like_diff(nights: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = ["--database-url", nights.database_dsn]
+    assert main(["jobs", "diff", "night-2", "night-2", *dsn]) == 0
+    assert capsys.readouterr().out.startswith("verdict: no differences (times and ids aside)")
+    assert main(["jobs", "diff", "night-1", *dsn]) == 2
+    assert capsys.readouterr().err == (
+        "no earlier run of pipeline 'nightly' in dev/default before 'night-1': name both "
+        "runs\n")
+    assert main(["jobs", "diff", "nope", *dsn]) == 2
+    assert capsys.readouterr().err == "no job 'nope'\n"
+    assert main(["jobs", "diff", "night-3", "--previous-succeeded", "--json", *dsn]) == 1
+    assert json.loads(capsys.readouterr().out)["a"] == "night-2"
+    assert main(["jobs", "diff", "night-2", "night-3", "--sql", "none", *dsn]) == 1
+    assert "executions of" not in capsys.readouterr().out
+    assert main(["jobs", "diff", "night-3", "--database-url",
+                 "postgresql://nobody@127.0.0.1:1/x"]) == 2
+
+
+def test_jobs_reproduce_says_what_was_overwritten_since(
+        nights: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    dsn = ["--database-url", nights.database_dsn]
+    assert main(["jobs", "reproduce", "night-2", "--json", *dsn]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["logic_version"] == "git:1"
+    assert found["parameters"] == {"day": 2, "db_password": "***"}
+    [source] = found["inputs"]
+    assert (source["location"], source["rows"], source["producer"]["job_id"],
+            source["overwritten_by"]["job_id"]) == ("raw.src", 500, "ingest-1", "ingest-2")
+    assert found["overwritten_since"] == ["raw.src"]
+    assert [s["step"] for s in found["steps"]] == ["load"]
+    assert main(["jobs", "reproduce", "night-3", *dsn]) == 0
+    text = capsys.readouterr().out
+    assert "not recorded by the registry:" in text
+    assert "warning:" not in text  # night 3 read ingest-2's, the latest

@@ -196,6 +196,39 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     show.add_argument("--limit", type=_count, default=1000,
                       help="at most this many steps (1,000); a line says how many more")
 
+    _comparisons(jobs_sub, common)
+    _lineage_options(sub, common)
+
+
+def _comparisons(jobs_sub: Any, common: argparse.ArgumentParser) -> None:
+    """`jobs diff` and `jobs reproduce`."""
+    compare = jobs_sub.add_parser(
+        "diff", parents=[common],
+        help="what changed between two runs, in root-cause order (exit 1 if they differ)")
+    compare.add_argument("first", metavar="A", help="a job id (alone: the run to explain)")
+    compare.add_argument("second", metavar="B", nargs="?",
+                         help="the other job id; without it, A is compared with the run of "
+                              "its pipeline just before it")
+    compare.add_argument("--previous-succeeded", action="store_true",
+                         help="with one id: compare with the last successful run before it")
+    compare.add_argument("--baseline", type=_count, default=20, metavar="N",
+                         help="durations against the last N successful runs (20)")
+    compare.add_argument("--threshold", type=_percent, default=50.0, metavar="PCT",
+                         help="row counts that move by more than PCT %% are named (50)")
+    compare.add_argument("--sql", choices=("changed", "full", "none"), default="changed",
+                         help="executions: the changed ones as a diff (default), all, none")
+    compare.add_argument("--normalize-literals", action="store_true",
+                         help="say so when SQL differs only in string and number literals")
+    compare.add_argument("--json", action="store_true")
+    reproduce = jobs_sub.add_parser(
+        "reproduce", parents=[common],
+        help="everything needed to re-run a job, and what the registry does not record")
+    reproduce.add_argument("job_id")
+    reproduce.add_argument("--json", action="store_true")
+
+
+def _lineage_options(sub: Any, common: argparse.ArgumentParser) -> None:
+    """`lineage`: the graph, the runs, the search."""
     lineage = sub.add_parser(
         "lineage", parents=[common],
         help="what reads and writes a location: the logical graph, or its runs (--runs)")
@@ -255,6 +288,17 @@ def _hops(text: str) -> int:
     value = _count(text)
     if value > 20:
         raise argparse.ArgumentTypeError(f"{text!r}: at most 20 hops")
+    return value
+
+
+def _percent(text: str) -> float:
+    """A percentage above 0."""
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentage, e.g. 50") from None
+    if not 0 < value < 100_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: a percentage above 0")
     return value
 
 
@@ -318,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("%s failed", args.command)
         line = safe(" ".join(scrub.text(explain(exc, settings)).split()))
         print(f"pudato-registry {args.command}: {line}", file=sys.stderr)
-        return 1
+        # `jobs diff` exits as diff(1) does: 1 is "they differ", trouble is 2.
+        return 2 if getattr(args, "jobs_command", None) == "diff" else 1
 
 
 def _setting_names(field: str) -> str:
@@ -606,6 +651,8 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
     dsn = settings.database_dsn
     if args.command == "lineage":
         return _lineage(args, dsn)
+    if args.jobs_command in ("diff", "reproduce"):
+        return _compare(args, dsn) if args.jobs_command == "diff" else _reproduce(args, dsn)
     if args.jobs_command == "list":
         found = queries.list_jobs(dsn, queries.JobFilter(
             pipeline=args.pipeline, environment=args.environment, namespace=args.namespace,
@@ -629,6 +676,54 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
     if more:
         print(f"... and {more} more steps, not shown: raise --limit (now {args.limit})",
               file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _compare(args: argparse.Namespace, dsn: str) -> int:
+    """``jobs diff``: 0 the same, 1 different, 2 an error, as diff(1) exits."""
+    from pudato_registry import diff, queries  # noqa: PLC0415
+    from pudato_registry.present import as_json, diff_text  # noqa: PLC0415
+
+    with queries.reading(dsn) as conn:
+        later = queries.run_facts(conn, args.second or args.first)
+        if later is None:
+            print(f"no job {safe(repr(args.second or args.first))}", file=sys.stderr)
+            return 2
+        if args.second is None:
+            before = queries.previous_run(conn, dict(later.job),
+                                          succeeded=args.previous_succeeded)
+            if before is None:
+                kind = "successful run" if args.previous_succeeded else "run"
+                print(f"no earlier {kind} of pipeline "
+                      f"{safe(repr(later.job.get('pipeline')))} in "
+                      f"{safe(later.job['environment'])}/{safe(later.job['namespace'])} "
+                      f"before {safe(repr(args.first))}: name both runs", file=sys.stderr)
+                return 2
+            earlier = queries.run_facts(conn, before["job_id"])
+        else:
+            earlier = queries.run_facts(conn, args.first)
+        if earlier is None:
+            print(f"no job {safe(repr(args.first))}", file=sys.stderr)
+            return 2
+        found = diff.compare(earlier, later,
+                             baselines=queries.step_baselines(conn, dict(later.job),
+                                                              args.baseline),
+                             threshold=args.threshold / 100, literals=args.normalize_literals)
+    print(as_json(diff.diff_as_dict(found)) if args.json else diff_text(found, sql=args.sql))
+    return 1 if found.differs else 0
+
+
+def _reproduce(args: argparse.Namespace, dsn: str) -> int:
+    from pudato_registry import diff, queries  # noqa: PLC0415
+    from pudato_registry.present import as_json, card_text  # noqa: PLC0415
+
+    with queries.reading(dsn) as conn:
+        facts = queries.run_facts(conn, args.job_id)
+        if facts is None:
+            print(f"no job {safe(repr(args.job_id))}", file=sys.stderr)
+            return 1
+        found = diff.card(facts, queries.overwrites(conn, facts))
+    print(as_json(diff.card_as_dict(found)) if args.json else card_text(found))
     return 0
 
 

@@ -15,34 +15,50 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pudato_registry import devstack, factory, kafka, queries, store
+from pudato_registry import devstack, diff, factory, kafka, queries, store
 from pudato_registry.events import DataReference, Event, ExecutionRecord
 from pudato_registry.loop import Worker
-from pudato_registry.present import graph_table, table
+from pudato_registry.present import diff_text, graph_table, table
 from pudato_registry.settings import Settings
 
+SQL = {
+    "stg_departments": "select id, name, cost_centre from {{ source('raw', 'departments') }}",
+    "stg_budgets": "select department_id, fiscal_year, amount\n"
+                   "from {{ source('raw', 'departments') }}\nwhere fiscal_year = 2026",
+    "fct_dept_budget": "select d.name, sum(b.amount) as budget\nfrom stg_departments d\n"
+                       "join stg_budgets b on b.department_id = d.id\ngroup by d.name",
+}
 
-def sample_pipeline(now: datetime) -> list[Event]:
-    """A job of three dbt models; the second fails on its first attempt and succeeds on retry."""
+
+def sample_pipeline(now: datetime, *, night: int = 1) -> list[Event]:
+    """A job of three dbt models; the second fails on its first attempt and succeeds on retry.
+
+    ``night=2`` is the next night's run gone wrong: a full refresh asked for, the
+    budgets model filtering on next year (no rows), the fact table failing.
+    """
     job, corr = f"dept_budget-{now:%Y%m%dT%H%M%S}", f"demo-{now:%H%M%S}"
     clock = now
+    bad = night == 2
 
     def at(ms: int) -> datetime:
         nonlocal clock
         clock += timedelta(milliseconds=ms)
         return clock
 
-    raw = DataReference(ref_type="table", location="raw.departments", format="csv")
+    raw = DataReference(ref_type="table", location="raw.departments", format="csv",
+                        metadata={"row_count": 112})
     stg = DataReference(ref_type="table", location="main.stg_departments", format="parquet",
                         metadata={"row_count": 112})
     budgets = DataReference(ref_type="table", location="main.stg_budgets", format="parquet",
-                            metadata={"row_count": 4_380})
+                            metadata={"row_count": 0 if bad else 4_380})
     fct = DataReference(ref_type="table", location="main.fct_dept_budget", format="iceberg",
                         metadata={"row_count": 112})
 
     def dbt(model: str) -> ExecutionRecord:
+        sql = SQL[model].replace("2026", "2027") if bad else SQL[model]
         return ExecutionRecord(execution_type="dbt", details={
-            "command": "build", "models": [model], "project_dir": "dbt/"})
+            "command": "build", "models": [model], "project_dir": "dbt/",
+            "compiled_sql": sql})
 
     def step(n: int, name: str, inputs: list[DataReference], output: DataReference, *,
              attempt: int = 1, fail: str | None = None) -> list[Event]:
@@ -57,10 +73,10 @@ def sample_pipeline(now: datetime) -> list[Event]:
                                                 executions=[dbt(name)], correlation_id=corr,
                                                 occurred_at=at(1200))]
 
-    return [
+    parameters: dict[str, Any] = {"date": now.date().isoformat(), "full_refresh": bad}
+    events = [  # built in order: each event's time follows the one before
         factory.job_submitted(job, pipeline="dept_budget", logic_version="git:3f9c2ab",
-                              environment="dev", namespace="finance",
-                              parameters={"date": now.date().isoformat()},
+                              environment="dev", namespace="finance", parameters=parameters,
                               metadata={"submitted_by": "demo"}, correlation_id=corr,
                               occurred_at=at(0)),
         factory.job_started(job, metadata={"host": "localhost"}, correlation_id=corr,
@@ -69,10 +85,30 @@ def sample_pipeline(now: datetime) -> list[Event]:
         *step(2, "stg_budgets", [raw], budgets,
               fail="Database Error in model stg_budgets: canceling statement due to timeout"),
         *step(2, "stg_budgets", [raw], budgets, attempt=2),
-        *step(3, "fct_dept_budget", [stg, budgets], fct),
-        factory.job_succeeded(job, metadata={"steps": 3}, correlation_id=corr,
-                              occurred_at=at(30)),
     ]
+    if bad:
+        events += step(3, "fct_dept_budget", [stg, budgets], fct,
+                       fail="Runtime Error in model fct_dept_budget: division by zero")
+        events.append(factory.job_failed(job, error="step fct_dept_budget failed",
+                                         correlation_id=corr, occurred_at=at(30)))
+    else:
+        events += step(3, "fct_dept_budget", [stg, budgets], fct)
+        events.append(factory.job_succeeded(job, metadata={"steps": 3}, correlation_id=corr,
+                                            occurred_at=at(30)))
+    return events
+
+
+def _diff_of(dsn: str, job_id: str) -> str:
+    """What ``jobs diff JOB`` prints."""
+    with queries.reading(dsn) as conn:
+        later = queries.run_facts(conn, job_id)
+        assert later is not None
+        before = queries.previous_run(conn, dict(later.job))
+        assert before is not None
+        earlier = queries.run_facts(conn, before["job_id"])
+        assert earlier is not None
+        return diff_text(diff.compare(earlier, later, baselines=queries.step_baselines(
+            conn, dict(later.job), 20)))
 
 
 def _show(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -100,14 +136,18 @@ def run_demo(settings: Settings, timeout: float = 120.0) -> int:
             thread = threading.Thread(target=worker.run, name="worker")
             thread.start()
             try:
-                events = sample_pipeline(datetime.now(UTC))
+                now = datetime.now(UTC).replace(microsecond=0)
+                first = sample_pipeline(now - timedelta(days=1))
+                second = sample_pipeline(now, night=2)
+                events = first + second
                 producer = kafka.make_producer(local)
                 for event in events:
                     producer.produce(local.topic, key=event.correlation_id.encode(),
                                      value=factory.encode(event))
                 producer.flush(30)
                 del producer
-                print(f"published {len(events)} events of one pipeline run; worker applying ...")
+                print(f"published {len(events)} events of two nightly runs, the second gone "
+                      "wrong; worker applying ...")
                 deadline = time.monotonic() + timeout
                 while worker.stats.applied < len(events):
                     if not thread.is_alive() or time.monotonic() > deadline:
@@ -126,6 +166,8 @@ def run_demo(settings: Settings, timeout: float = 120.0) -> int:
             print("\nlineage main.fct_dept_budget --upstream (the logical graph):")
             print(graph_table(queries.lineage_graph(local.database_dsn, "main.fct_dept_budget",
                                                     downstream=False, depth=3)))
+            print(f"\njobs diff {second[0].job_id} (against the night before):")
+            print(_diff_of(local.database_dsn, second[0].job_id))
             s = worker.stats
             print(f"\nworker: consumed {s.consumed} events, applied {s.applied}, duplicates "
                   f"{s.duplicates}, dead-lettered {s.dead_lettered}, in {s.batches} "

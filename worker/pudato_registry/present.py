@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from pudato_registry.diff import Card, Change, Input, RunDiff, execution_text, first_line
+
 if TYPE_CHECKING:  # only the attributes are used: this module reads no database
     from pudato_registry.queries import GraphEdge, LineageGraph
 
@@ -182,3 +184,134 @@ def graph_mermaid(graph: LineageGraph) -> str:
     if graph.location in graph.datasets:
         lines.append(f"  style {ids['dataset:' + graph.location]} stroke-width:3px")
     return "\n".join(lines + styles)
+
+
+# --- jobs diff and jobs reproduce ---------------------------------------------------
+
+def _value(value: Any) -> str:
+    """A parameter's value as JSON text, controls escaped."""
+    return safe(msgspec.json.encode(value).decode()) if value is not None else "(absent)"
+
+
+def _changes(title: str, changes: Sequence[Change]) -> list[str]:
+    if not changes:
+        return []
+    return ["", f"{title} (A -> B)"] + [f"  {safe(c.path)}: {_value(c.a)} -> {_value(c.b)}"
+                                        for c in changes]
+
+
+def _ms(value: Any) -> str:
+    return "" if value is None else duration(int(value))
+
+
+def _producer(found: Input | None) -> str:
+    if found is None:
+        return "(not read)"
+    if found.producer is None:
+        return "(no recorded writer)"
+    return f"{found.producer['job_id']} / {found.producer['step_name']}"
+
+
+def diff_text(d: RunDiff, *, sql: str = "changed") -> str:
+    """A comparison for people: verdict, identity, configuration, inputs, steps, SQL."""
+    lines = [f"verdict: {'; '.join(d.verdict)}", ""]
+    lines.append(table([
+        {"run": side, "job_id": job["job_id"], "status": job["status"],
+         "duration": _ms(ms), "logic_version": job.get("logic_version"),
+         "created_at": job.get("created_at")}
+        for side, job, ms in (("A", d.a, d.duration_ms[0]), ("B", d.b, d.duration_ms[1]))],
+        ["run", "job_id", "status", "duration", "logic_version", "created_at"]))
+    lines += _changes("runtime", d.runtime)
+    lines += _changes("parameters", d.parameters)
+    lines += _changes("request", d.request)
+    if d.inputs:
+        lines += ["", "inputs no step of the run wrote, that moved (rows, producing run)"]
+        lines.append(table([{"location": i.location, "rows_a": i.rows.a, "rows_b": i.rows.b,
+                             "produced_for_a_by": _producer(i.a),
+                             "produced_for_b_by": _producer(i.b)} for i in d.inputs],
+                           ["location", "rows_a", "rows_b", "produced_for_a_by",
+                            "produced_for_b_by"]))
+    shown = [s for s in d.steps if s.differs or s.slower("B") or s.slower("A")]
+    if shown:
+        runs = max((s.baseline.runs for s in shown if s.baseline), default=0)
+        lines += ["", f"steps that differ (durations against the median / p95 of up to "
+                      f"{runs} recent successful runs)"]
+        lines.append(table([{
+            "step": s.key, "a": "(only in B)" if s.a is None else s.a["status"],
+            "b": "(only in A)" if s.b is None else s.b["status"],
+            "took_a": _ms((s.a or {}).get("duration_ms")),
+            "took_b": _ms((s.b or {}).get("duration_ms")),
+            "baseline": "" if s.baseline is None else
+            f"{_ms(s.baseline.median_ms)} / {_ms(s.baseline.p95_ms)}",
+            "error": first_line((s.b or s.a or {}).get("error"))} for s in shown],
+            ["step", "a", "b", "took_a", "took_b", "baseline", "error"]))
+    outputs = [(s.key, c) for s in d.steps for c in s.outputs]
+    if outputs:
+        lines += ["", "outputs (rows A -> B)"]
+        for key, c in outputs:
+            note = "  DROPPED TO 0" if c.dropped_to_zero else (
+                f"  {c.moved * 100:+.0f} %" if c.moved is not None else "")
+            lines.append(f"  {safe(key)}: {safe(c.location)}  {_value(c.a)} -> {_value(c.b)}"
+                         f"{note}")
+    lines += _sql(d, sql)
+    return "\n".join(lines)
+
+
+def _sql(d: RunDiff, mode: str) -> list[str]:
+    """The executions: each distinct diff once, naming every step it applies to."""
+    if mode == "none":
+        return []
+    lines: list[str] = []
+    if mode == "full":
+        for s in d.steps:
+            for side, row in (("A", s.a), ("B", s.b)):
+                if row is not None and row.get("executions"):
+                    lines += ["", f"{safe(s.key)} in {side}:"]
+                    lines += [safe(line) for e in row["executions"]
+                              for line in execution_text(e).splitlines()]
+        return lines
+    by_text: dict[str, list[str]] = {}
+    literal_only: list[str] = []
+    for s in d.steps:
+        if s.sql is None:
+            continue
+        if s.sql.only_literals:
+            literal_only.append(s.key)
+        else:
+            by_text.setdefault(s.sql.diff, []).append(s.key)
+    if literal_only:
+        lines += ["", "executions differ only in literals: " + ", ".join(map(safe, literal_only))]
+    for text, keys in by_text.items():
+        lines += ["", f"executions of {', '.join(map(safe, keys))}:"]
+        lines += [safe(line) for line in text.splitlines()]
+    return lines
+
+
+def card_text(c: Card) -> str:
+    """A reproduction card for people."""
+    job = c.job
+    lines = [f"to re-run {safe(job['job_id'])} ({safe(str(job.get('pipeline')))}, "
+             f"{safe(job['environment'])}/{safe(job['namespace'])}, it ended {job['status']})",
+             "", f"logic_version  {_value(job.get('logic_version'))}",
+             f"dag_run_id     {_value(job.get('dag_run_id'))}",
+             f"runtime        {_value(c.runtime)}",
+             f"parameters     {_value(c.parameters)}", f"request        {_value(c.request)}"]
+    if c.inputs:
+        lines += ["", "inputs from outside the run"]
+        lines.append(table([{
+            "location": i.location, "rows": i.rows, "version": i.version,
+            "produced_by": _producer(i),
+            "overwritten_since": "" if i.overwritten_by is None else
+            f"YES, by {i.overwritten_by['job_id']} at {cell(i.overwritten_by['completed_at'])}"}
+            for i in c.inputs], ["location", "rows", "version", "produced_by",
+                                 "overwritten_since"]))
+    lines += ["", "steps, in order"]
+    for key, row in c.steps:
+        lines.append(f"  {safe(key)} ({row['status']})")
+        for e in row.get("executions") or []:
+            lines += [f"      {safe(line)}" for line in execution_text(e).splitlines()]
+    if c.overwritten:
+        lines += ["", f"warning: {len(c.overwritten)} input(s) were written again since this "
+                      "run read them: a re-run reads other data"]
+    lines += ["", "not recorded by the registry:"] + [f"  - {n}" for n in c.not_recorded]
+    return "\n".join(lines)

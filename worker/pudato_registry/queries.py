@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from pudato_registry import edges
+from pudato_registry import diff, edges
 from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, connect, step_key_sql
 
 Source = str | psycopg.Connection[Any]  # a database URL, or a connection held by the caller
@@ -26,6 +26,15 @@ def _connected(source: Source) -> Iterator[psycopg.Connection[Any]]:
     else:
         yield source
         source.rollback()  # end the read's transaction: no snapshot held between answers
+
+
+@contextlib.contextmanager
+def reading(dsn: str, *, timeout_ms: int = 10_000) -> Iterator[psycopg.Connection[Any]]:
+    """A connection that can only read, whose statements end after ``timeout_ms``: for
+    answers that take several queries (a comparison), one connection for all of them."""
+    with connect(dsn, options=f"-c default_transaction_read_only=on "
+                              f"-c statement_timeout={timeout_ms}") as conn:
+        yield conn
 
 
 def _rows(conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], key: str, *,
@@ -324,15 +333,14 @@ def _graph_edge(row: tuple[Any, ...], depth: int, side: str) -> GraphEdge:
                      ref_type, depth, side)
 
 
+def _equal(columns: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`` AND column = %s`` for each column given a value (None: any), and the values."""
+    given = {c: v for c, v in columns.items() if v is not None}
+    return "".join(f" AND {c} = %s" for c in given), list(given.values())
+
+
 def _scope(namespace: str | None, environment: str | None) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    if namespace is not None:
-        clauses.append("namespace = %s")
-        params.append(namespace)
-    if environment is not None:
-        clauses.append("environment = %s")
-        params.append(environment)
-    return "".join(f" AND {c}" for c in clauses), params
+    return _equal({"namespace": namespace, "environment": environment})
 
 
 def _at_locations(conn: psycopg.Connection[Any], locations: list[str], direction: str,
@@ -510,14 +518,7 @@ def lineage_runs(dsn: Source, location: str, *, pipeline: str | None = None,
     """The step runs that wrote (``produced``) or read (``consumed``) ``location``, newest
     first by start (or completion), ``limit`` from ``offset``; narrowed by pipeline and
     step name."""
-    clauses, params = [], []
-    if pipeline is not None:
-        clauses.append("j.pipeline = %s")
-        params.append(pipeline)
-    if step_name is not None:
-        clauses.append("s.step_name = %s")
-        params.append(step_name)
-    narrow = "".join(f" AND {c}" for c in clauses)
+    narrow, params = _equal({"j.pipeline": pipeline, "s.step_name": step_name})
     names = spellings(location)
     probes = [(column, relation) for column, relation in (("outputs", "produced"),
                                                           ("inputs", "consumed"))]
@@ -540,3 +541,122 @@ def lineage_runs(dsn: Source, location: str, *, pipeline: str | None = None,
         rows = cur.fetchall()
     hops = [LineageHop(1, row.pop("relation"), row.pop("via"), row) for row in rows[:limit]]
     return LineageRuns(hops, len(rows) > limit)
+
+
+# --- comparing runs (diff.py) ------------------------------------------------------------
+
+
+def _job(conn: psycopg.Connection[Any], job_id: str) -> dict[str, Any] | None:
+    found = _rows(conn, "pudato_jobs", JOB_COLUMNS, "job_id", where="WHERE job_id = %s",
+                  params=(job_id,))
+    return found[0] if found else None
+
+
+def _steps_of(conn: psycopg.Connection[Any], job_id: str) -> list[dict[str, Any]]:
+    return _rows(conn, "pudato_job_steps", STEP_COLUMNS, "step_id", where="WHERE job_id = %s",
+                 params=(job_id,))
+
+
+def previous_run(dsn: Source, job: dict[str, Any], *,
+                 succeeded: bool = False) -> dict[str, Any] | None:
+    """The run of the same pipeline, environment and namespace just before ``job`` (by
+    creation), or the last successful one before it."""
+    if job.get("pipeline") is None:
+        return None
+    with _connected(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT {', '.join(JOB_COLUMNS)} FROM pudato_jobs WHERE pipeline = %s"
+            " AND environment = %s AND namespace = %s AND (created_at, job_id COLLATE \"C\")"
+            " < (%s, %s)" + (" AND status = 'success'" if succeeded else "")
+            + " ORDER BY created_at DESC, job_id COLLATE \"C\" DESC LIMIT 1",
+            (job["pipeline"], job["environment"], job["namespace"], job["created_at"],
+             job["job_id"]))
+        return cur.fetchone()
+
+
+def _writers(conn: psycopg.Connection[Any], probes: list[tuple[str, datetime]], *,
+             after: bool) -> dict[str, dict[str, Any] | None]:
+    """Per (location, time): the last successful step that wrote it before that time, or
+    (``after``) the last one after it."""
+    if not probes:
+        return {}
+    sign = ">" if after else "<="
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            "SELECT probe.location, w.job_id, w.step_id, w.step_name, w.pipeline,"
+            " w.completed_at, w.outputs FROM unnest(%s::text[], %s::timestamptz[])"
+            " AS probe(location, at) LEFT JOIN LATERAL ("
+            " SELECT s.job_id, s.step_id, s.step_name, j.pipeline, s.completed_at, s.outputs"
+            " FROM pudato_job_steps s JOIN pudato_jobs j ON j.job_id = s.job_id"
+            " WHERE s.outputs @> jsonb_build_array(jsonb_build_object('location',"
+            f" probe.location)) AND s.status = 'success' AND s.completed_at {sign} probe.at"
+            " ORDER BY s.completed_at DESC LIMIT 1) w ON true",
+            ([p[0] for p in probes], [p[1] for p in probes]))
+        rows = cur.fetchall()
+    out: dict[str, dict[str, Any] | None] = {}
+    for row in rows:
+        location = row.pop("location")
+        outputs = row.pop("outputs") or []
+        if row["step_id"] is None:
+            out[location] = None
+            continue
+        written: dict[str, Any] = next((r for r in outputs if r["location"] == location), {})
+        out[location] = {**row, "rows": diff.row_count(written),
+                         "version": diff.version_of(written)}
+    return out
+
+
+def _first_reads(steps: Sequence[Mapping[str, Any]]) -> list[tuple[str, datetime]]:
+    """(location, when the run first read it) of the inputs no step of the run wrote."""
+    produced = {r["location"] for s in steps for r in s["outputs"]}
+    first: dict[str, datetime] = {}
+    for step in steps:
+        at = step["started_at"] or step["completed_at"]
+        if at is None:
+            continue
+        for ref in step["inputs"]:
+            if ref["location"] not in produced and (ref["location"] not in first
+                                                    or at < first[ref["location"]]):
+                first[ref["location"]] = at
+    return sorted(first.items())
+
+
+def run_facts(dsn: Source, job_id: str) -> diff.RunFacts | None:
+    """A job, its steps and the producers of its external inputs; None if it is unknown."""
+    with _connected(dsn) as conn:
+        job = _job(conn, job_id)
+        if job is None:
+            return None
+        steps = _steps_of(conn, job_id)
+        return diff.RunFacts(job, steps, _writers(conn, _first_reads(steps), after=False))
+
+
+def step_baselines(dsn: Source, job: dict[str, Any], runs: int) -> dict[str, list[int]]:
+    """Per step name, the durations of its successful runs in the last ``runs`` successful
+    runs of the job's pipeline (environment, namespace) before it."""
+    if job.get("pipeline") is None or runs < 1:
+        return {}
+    with _connected(dsn) as conn:
+        rows = conn.execute(
+            "SELECT step_name, duration_ms FROM pudato_job_steps WHERE job_id = ANY(ARRAY("
+            "SELECT job_id FROM pudato_jobs WHERE pipeline = %s AND environment = %s"
+            " AND namespace = %s AND status = 'success' AND created_at < %s"
+            " ORDER BY created_at DESC LIMIT %s)) AND status = 'success'"
+            " AND duration_ms IS NOT NULL AND step_name IS NOT NULL",
+            (job["pipeline"], job["environment"], job["namespace"], job["created_at"],
+             runs)).fetchall()
+    out: dict[str, list[int]] = {}
+    for name, duration in rows:
+        out.setdefault(str(name), []).append(int(duration))
+    return out
+
+
+def overwrites(dsn: Source, facts: diff.RunFacts) -> dict[str, dict[str, Any] | None]:
+    """Per external input of a run: a successful write of it after the one the run read
+    (after the run first read it, when no producer is known)."""
+    probes = []
+    for location, read_at in _first_reads(facts.steps):
+        producer = facts.producers.get(location)
+        probes.append((location, producer["completed_at"] if producer else read_at))
+    with _connected(dsn) as conn:
+        return _writers(conn, probes, after=True)
