@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_lineage import load, summary
-from common import migrated_database, services
+from bench_lineage import loaded, summary
+from common import services
 from pudato_registry import diff, queries, store
 from pudato_registry.present import card_text, diff_text
 
@@ -61,14 +61,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--fan-out", type=int, default=5_000)
+    parser.add_argument("--keep", metavar="NAME",
+                        help="load into database NAME once and reuse it (bench_lineage's too)")
     args = parser.parse_args()
-    with services() as (_bootstrap, database), migrated_database(database) as url:
-        seconds = load(url, args.jobs, 0)
+    with services() as (_bootstrap, database), \
+            loaded(database, args.jobs, args.fan_out, args.keep) as url:
         with store.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
             (steps,) = conn.execute(  # type: ignore[misc]
                 "SELECT count(*) FROM pudato_job_steps").fetchone()
-        print(f"loaded {args.jobs:,} jobs, {steps:,} steps in {seconds:.0f} s")
+        print(f"{args.jobs:,} jobs, {steps:,} steps")
         rng = random.Random(21)
         # Not the first runs of a pipeline and scope: those have no run before them.
         picks = [f"job-{rng.randrange(args.jobs // 2, args.jobs):07d}"

@@ -30,11 +30,12 @@ of its own), else a fresh dev stack.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,32 @@ def load(url: str, jobs: int, width: int) -> float:
     apply_events(target, [from_model(e) for e in fan_events(width)])
     target.close()
     return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def loaded(database: str, jobs: int, width: int, keep: str | None) -> Iterator[str]:
+    """A database holding the load: a new one dropped afterwards, or (``keep``) one of
+    that name, loaded if it is new and kept for the next run (of this or bench_diff)."""
+    if keep is None:
+        with migrated_database(database) as url:
+            seconds = load(url, jobs, width)
+            print(f"loaded in {seconds:.0f} s (rows and edges through the worker's write "
+                  "path)")
+            yield url
+        return
+    admin = database.rsplit("/", 1)[0] + "/postgres"
+    url = database.rsplit("/", 1)[0] + "/" + keep
+    with store.connect(admin) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                              (keep,)).fetchone()
+    if exists is None:
+        store.create_database(admin, keep)
+        store.migrate(url)
+        seconds = load(url, jobs, width)
+        print(f"loaded into {keep} in {seconds:.0f} s (kept for the next run)")
+    else:
+        print(f"reusing {keep}, loaded before")
+    yield url
 
 
 def fan_events(width: int) -> list[Event]:
@@ -119,16 +146,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--fan-out", type=int, default=5_000)
+    parser.add_argument("--keep", metavar="NAME",
+                        help="load into database NAME once and reuse it on later runs")
     args = parser.parse_args()
-    with services() as (_bootstrap, database), migrated_database(database) as url:
-        seconds = load(url, args.jobs, args.fan_out)
+    with services() as (_bootstrap, database), \
+            loaded(database, args.jobs, args.fan_out, args.keep) as url:
         with store.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")  # as autovacuum would: GIN pending lists merged
             steps, edges = conn.execute(  # type: ignore[misc]
                 "SELECT (SELECT count(*) FROM pudato_job_steps),"
                 " (SELECT count(*) FROM pudato_lineage_edges)").fetchone()
-        print(f"loaded {args.jobs:,} jobs, {steps:,} steps, {edges:,} edges in {seconds:.0f} s "
-              "(rows and edges through the worker's write path)")
+        print(f"{args.jobs:,} jobs, {steps:,} steps, {edges:,} edges")
         rng = random.Random(1)
         models = [f"{p}.model_{n}" for p in PIPELINES for n in range(10)]
         connecting: list[float] = []

@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep the data and ports when it stops (default: fresh each time)")
     sub.add_parser("demo", parents=[common],
                    help="the main job on local defaults: stack, worker, a sample pipeline")
+    exporter = sub.add_parser(
+        "exporter", parents=[common],
+        help="registry metrics for Prometheus: pipelines' last success, failures, stuck jobs")
+    exporter.add_argument("--host", help="address to bind (PUDATO_EXPORTER_HOST, 127.0.0.1)")
+    exporter.add_argument("--port", type=int,
+                          help="port (PUDATO_EXPORTER_PORT, 9110; 0: any free one)")
 
     _operations(sub, common)
     openlineage = sub.add_parser("openlineage", help="OpenLineage RunEvents in")
@@ -416,6 +422,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "schema": _schema, "migrate": lambda _a, s: _migrate(s), "topics": _topics,
         "worker": _worker, "spool": _spool, "replay": _replay, "dlq": _dlq,
+        "exporter": _exporter,
         "jobs": _query, "lineage": _query, "openlineage": _openlineage, "demo": _demo,
         "publish": lambda a, s: _publish(a.file, a.wait, s, dry_run=a.dry_run,
                                          fail_on_spooled=a.fail_on_spooled),
@@ -526,6 +533,29 @@ def _bridge(args: argparse.Namespace, settings: Settings) -> int:
     s = running.stats
     log.info("bridge stopped: consumed %d, published %d events, dead-lettered %d, ignored %d",
              s.consumed, s.published, s.dead_lettered, s.ignored)
+    return 0
+
+
+def _exporter(args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry.exporter import Exporter  # noqa: PLC0415
+
+    host = args.host or settings.exporter_host
+    port = settings.exporter_port if args.port is None else args.port
+    stop = _stop_on_signals()
+    exporter = Exporter(settings)
+    try:
+        bound = exporter.start(host, port)
+    except OSError as exc:
+        raise OSError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (choose another "
+                      "with --port or PUDATO_EXPORTER_PORT)") from None
+    print(f"exporter: registry metrics on http://{host}:{bound}/metrics, read from the tables "
+          f"every {settings.exporter_interval_s:.0f} s; Ctrl-C stops it", file=sys.stderr,
+          flush=True)
+    try:
+        stop.wait()
+    finally:
+        exporter.close()
+    print("exporter: stopped", file=sys.stderr)
     return 0
 
 

@@ -444,12 +444,28 @@ def _outcomes(d: RunDiff) -> list[str]:
     for side, run in (("B", d.b), ("A", d.a)):
         if run["status"] not in _FAILED:
             continue
-        failed = [s.key for s in d.steps
-                  if (row := s.b if side == "B" else s.a) is not None
-                  and row["status"] in _FAILED]
+        failed = _unrecovered(d.steps, side)
         where = f" at step {failed[0]}" if failed else ""
         note = ", the first divergence" if failed and first_divergence == failed[0] else ""
         out.append(f"{side} {run['status']}{where}{note}")
+    return out
+
+
+def _unrecovered(steps: Sequence[StepDiff], side: str) -> list[str]:
+    """A side's failed steps, in run order, but for attempts a later one of the same name
+    made good (a retry that succeeded is not why a run failed)."""
+    rows = [(s.key, row) for s in steps if (row := s.b if side == "B" else s.a) is not None]
+    ordered = sorted(rows, key=lambda kr: (_seen(kr[1]) is None, _seen(kr[1]) or 0,
+                                           kr[1]["step_id"]))
+    out = []
+    for n, (key, row) in enumerate(ordered):
+        if row["status"] not in _FAILED:
+            continue
+        name = row.get("step_name")
+        if any(later.get("step_name") == name and later["status"] not in _FAILED
+               for _key, later in ordered[n + 1:]):
+            continue
+        out.append(key)
     return out
 
 

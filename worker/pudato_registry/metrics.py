@@ -96,6 +96,13 @@ class _Server(ThreadingMixIn, WSGIServer):
         """A client that timed out or hung up is its own affair: no traceback on stderr."""
 
 
+def serve_app(app: Any, host: str, port: int) -> WSGIServer:
+    """Serve a WSGI app (metrics, health) from a daemon thread, quietly, a thread per request."""
+    server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="pudato-metrics", daemon=True).start()
+    return server
+
+
 class Metrics:
     """The worker's collectors, and readiness as the loop reports it."""
 
@@ -208,10 +215,7 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serve /metrics, /healthz and /readyz in a daemon thread; return the bound port."""
-        self._server = make_server(host, port, self._app, server_class=_Server,
-                                   handler_class=_QuietHandler)
-        threading.Thread(target=self._server.serve_forever, name="pudato-metrics",
-                         daemon=True).start()
+        self._server = serve_app(self._app, host, port)
         return int(self._server.server_port)
 
     def close(self) -> None:

@@ -242,9 +242,12 @@ def diff_text(d: RunDiff, *, sql: str = "changed") -> str:
             "took_a": _ms((s.a or {}).get("duration_ms")),
             "took_b": _ms((s.b or {}).get("duration_ms")),
             "baseline": "" if s.baseline is None else
-            f"{_ms(s.baseline.median_ms)} / {_ms(s.baseline.p95_ms)}",
-            "error": first_line((s.b or s.a or {}).get("error"))} for s in shown],
-            ["step", "a", "b", "took_a", "took_b", "baseline", "error"]))
+            f"{_ms(s.baseline.median_ms)} / {_ms(s.baseline.p95_ms)}"} for s in shown],
+            ["step", "a", "b", "took_a", "took_b", "baseline"]))
+        for s in shown:  # whole, not cut to a cell: the error is often the answer
+            for side, row in (("A", s.a), ("B", s.b)):
+                if row is not None and (error := first_line(row.get("error"))):
+                    lines.append(f"  {safe(s.key)} in {side}: {safe(error)}")
     outputs = [(s.key, c) for s in d.steps for c in s.outputs]
     if outputs:
         lines += ["", "outputs (rows A -> B)"]

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from pudato_registry import diff, edges
-from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, connect, step_key_sql
+from pudato_registry.store import JOB_COLUMNS, STEP_COLUMNS, connect
 
 Source = str | psycopg.Connection[Any]  # a database URL, or a connection held by the caller
 
@@ -28,12 +28,17 @@ def _connected(source: Source) -> Iterator[psycopg.Connection[Any]]:
         source.rollback()  # end the read's transaction: no snapshot held between answers
 
 
+def reading_connection(dsn: str, *, timeout_ms: int = 10_000) -> psycopg.Connection[Any]:
+    """A connection that can only read, whose statements end after ``timeout_ms``."""
+    return connect(dsn, options=f"-c default_transaction_read_only=on "
+                                f"-c statement_timeout={timeout_ms}")
+
+
 @contextlib.contextmanager
 def reading(dsn: str, *, timeout_ms: int = 10_000) -> Iterator[psycopg.Connection[Any]]:
-    """A connection that can only read, whose statements end after ``timeout_ms``: for
-    answers that take several queries (a comparison), one connection for all of them."""
-    with connect(dsn, options=f"-c default_transaction_read_only=on "
-                              f"-c statement_timeout={timeout_ms}") as conn:
+    """:func:`reading_connection` for a block: for answers that take several queries (a
+    comparison), one connection for all of them."""
+    with reading_connection(dsn, timeout_ms=timeout_ms) as conn:
         yield conn
 
 
@@ -343,26 +348,86 @@ def _scope(namespace: str | None, environment: str | None) -> tuple[str, list[An
     return _equal({"namespace": namespace, "environment": environment})
 
 
-def _at_locations(conn: psycopg.Connection[Any], locations: list[str], direction: str,
-                  scope: tuple[str, list[Any]], limit: int) -> list[tuple[Any, ...]]:
-    """Edges of ``direction`` at these locations: one probe of the location index each."""
-    return conn.execute(
-        f"SELECT {_EDGE_READ} FROM pudato_lineage_edges WHERE location = ANY(%s)"
-        f" AND direction = %s{scope[0]} ORDER BY last_seen DESC LIMIT %s",
-        (locations, direction, *scope[1], limit)).fetchall()
+def _hop(conn: psycopg.Connection[Any], locations: list[str], scope: tuple[str, list[Any]],
+         limit: int) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """One step of a walk in one statement: the edges at these locations (``near``, by the
+    location index), and every edge of the logical steps at their other end (``far``, by
+    step_key). The walk keeps the directions it follows."""
+    rows = conn.execute(
+        f"WITH near AS (SELECT step_key, {_EDGE_READ} FROM pudato_lineage_edges"
+        f" WHERE location = ANY(%s){scope[0]} ORDER BY last_seen DESC LIMIT %s)"
+        f" (SELECT true, {_EDGE_READ} FROM near) UNION ALL"
+        f" (SELECT false, {_EDGE_READ} FROM pudato_lineage_edges"
+        " WHERE step_key IN (SELECT step_key FROM near) ORDER BY last_seen DESC LIMIT %s)",
+        (locations, *scope[1], limit, limit)).fetchall()
+    return [r[1:] for r in rows if r[0]], [r[1:] for r in rows if not r[0]]
 
 
-def _of_steps(conn: psycopg.Connection[Any], steps: list[StepNode], direction: str,
-              limit: int) -> list[tuple[Any, ...]]:
-    """Edges of ``direction`` of these logical steps, found by their step_key."""
-    return conn.execute(
-        f"SELECT {_EDGE_READ} FROM pudato_lineage_edges WHERE step_key = ANY(ARRAY("
-        f"SELECT {step_key_sql('k.')} FROM unnest(%s::text[], %s::text[], %s::text[],"
-        " %s::text[]) AS k(namespace, environment, pipeline, step_name)))"
-        " AND direction = %s ORDER BY last_seen DESC LIMIT %s",
-        ([s.namespace for s in steps], [s.environment for s in steps],
-         [s.pipeline for s in steps], [s.step_name for s in steps], direction,
-         limit)).fetchall()
+# Walking one side: the direction of the edges from a dataset to the steps next
+# to it, and of the edges from those steps on to the next datasets.
+_TOWARD = {"upstream": "out", "downstream": "in"}
+_AWAY = {"upstream": "in", "downstream": "out"}
+
+
+class _Walk:
+    """A walk out from a location, both sides a step at a time: what it found so far."""
+
+    def __init__(self, sides: list[str], names: list[str], room: int) -> None:
+        self.sides, self.room = sides, room
+        self.datasets: dict[str, None] = {}
+        self.steps: dict[StepNode, None] = {}
+        self.edges: dict[tuple[str, str, StepNode], GraphEdge] = {}
+        self.truncated = False
+        self.frontier = {side: set(names) for side in sides}  # datasets to go on from
+        self.visited = {side: set(names) for side in sides}
+        self.new_steps: dict[str, list[StepNode]] = {side: [] for side in sides}
+        self.seen_steps: dict[str, set[StepNode]] = {side: set() for side in sides}
+
+    def _add(self, row: tuple[Any, ...], level: int, side: str, step: StepNode) -> bool:
+        if len(self.edges) >= self.room:
+            self.truncated = True
+            return False
+        key = (row[0], row[1], step)
+        if key not in self.edges:
+            self.edges[key] = GraphEdge(row[0], row[1], step, int(row[6]), row[7], row[8],
+                                        row[9], row[10], row[11], row[12], level, side)
+        return True
+
+    def toward(self, rows: list[tuple[Any, ...]], level: int) -> bool:
+        """From the frontier's datasets to the steps next to them; whether to go on."""
+        self.new_steps = {side: [] for side in self.sides}
+        for row in rows:
+            location, direction = row[0], row[1]
+            side = next((s for s in self.sides if direction == _TOWARD[s]
+                         and location in self.frontier[s]), None)
+            if side is None:
+                continue
+            step = StepNode(*row[2:6])
+            if not self._add(row, level, side, step):
+                return False
+            if step not in self.seen_steps[side]:
+                self.seen_steps[side].add(step)
+                self.new_steps[side].append(step)
+                self.steps.setdefault(step)
+        return any(self.new_steps.values())
+
+    def away(self, rows: list[tuple[Any, ...]], level: int) -> bool:
+        """From the new steps on to their other datasets; whether to go on."""
+        new = {side: set(self.new_steps[side]) for side in self.sides}
+        self.frontier = {side: set() for side in self.sides}
+        for row in rows:
+            location, direction, step = row[0], row[1], StepNode(*row[2:6])
+            side = next((s for s in self.sides if direction == _AWAY[s]
+                         and step in new[s]), None)
+            if side is None:
+                continue
+            if not self._add(row, level, side, step):
+                return False
+            self.datasets.setdefault(location)
+            if location not in self.visited[side]:
+                self.visited[side].add(location)
+                self.frontier[side].add(location)
+        return any(self.frontier.values())
 
 
 def lineage_graph(dsn: Source, location: str, *, upstream: bool = True, downstream: bool = True,
@@ -372,69 +437,38 @@ def lineage_graph(dsn: Source, location: str, *, upstream: bool = True, downstre
     """The logical graph around ``location``: the steps that write it (upstream) and what
     they read, the steps that read it (downstream) and what they write, ``depth`` steps out.
 
-    Two indexed queries per step of depth and side, whatever the number of
-    runs behind an edge. ``namespace``/``environment`` narrow the steps. At
-    most ``max_edges`` edges; the answer says if it was cut. A file location is
-    found however it is spelt (:func:`spellings`).
+    One statement per step of depth (two index probes), both sides at once,
+    whatever the number of runs behind an edge. ``namespace``/``environment`` narrow the
+    steps. At most ``max_edges`` edges; the answer says if it was cut. A file
+    location is found however it is spelt (:func:`spellings`).
     """
     depth = max(1, min(depth, MAX_DEPTH))
     graph = LineageGraph(location, False, depth=depth, upstream=upstream,
                          downstream=downstream)
     scope = _scope(namespace, environment)
+    sides = [s for s, wanted in (("upstream", upstream), ("downstream", downstream)) if wanted]
+    names = spellings(location)
+    walk = _Walk(sides, names, max_edges)
     with _connected(dsn) as conn:
-        names = spellings(location)
-        stored = [str(r[0]) for r in conn.execute(
-            "SELECT DISTINCT location FROM pudato_lineage_edges WHERE location = ANY(%s)",
-            (names,)).fetchall()]
-        if not stored:
-            return graph
-        graph.found, graph.location = True, stored[0] if len(stored) == 1 else location
-        datasets: dict[str, None] = dict.fromkeys(stored)
-        steps: dict[StepNode, None] = {}
-        edges: dict[tuple[str, str, StepNode], GraphEdge] = {}
-        # Upstream: who wrote it ("out" edges there), then what they read ("in" edges).
-        sides = [s for s, wanted in (("upstream", upstream), ("downstream", downstream))
-                 if wanted]
-        for side in sides:
-            toward, away = ("out", "in") if side == "upstream" else ("in", "out")
-            frontier = list(stored)
-            seen_steps: set[StepNode] = set()
-            for level in range(1, depth + 1):
-                room = max_edges - len(edges)
-                rows = _at_locations(conn, frontier, toward, scope, room + 1)
-                new_steps = []
-                for row in rows[:room]:
-                    edge = _graph_edge(row, level, side)
-                    edges.setdefault((edge.location, edge.direction, edge.step), edge)
-                    if edge.step not in seen_steps:
-                        seen_steps.add(edge.step)
-                        new_steps.append(edge.step)
-                        steps.setdefault(edge.step)
-                if len(rows) > room:
-                    graph.truncated = True
-                    break
-                if not new_steps:
-                    break
-                room = max_edges - len(edges)
-                rows = _of_steps(conn, new_steps, away, room + 1)
-                frontier = []
-                for row in rows[:room]:
-                    edge = _graph_edge(row, level, side)
-                    edges.setdefault((edge.location, edge.direction, edge.step), edge)
-                    if edge.location not in datasets:
-                        datasets[edge.location] = None
-                        frontier.append(edge.location)
-                if len(rows) > room:
-                    graph.truncated = True
-                    break
-                if not frontier:
-                    break
-            if graph.truncated:
+        for level in range(1, depth + 1):
+            wanted = sorted(set().union(*walk.frontier.values()))
+            rows, far = _hop(conn, wanted, scope, max_edges + 1)
+            if level == 1:
+                stored = sorted({r[0] for r in rows})
+                graph.found = bool(stored) or (bool(scope[0]) and known_location(conn, location))
+                if not graph.found:
+                    return graph
+                graph.location = stored[0] if len(stored) == 1 else location
+                walk.datasets.update(dict.fromkeys(stored))
+            if not walk.toward(rows, level):
                 break
-    graph.datasets, graph.steps = list(datasets), list(steps)
-    graph.edges = sorted(edges.values(), key=lambda e: (
-        e.side != "upstream", e.depth, e.direction != ("out" if e.side == "upstream" else "in"),
-        e.step.label, e.location))
+            if not walk.away(far, level):
+                break
+    graph.datasets, graph.steps, graph.truncated = (list(walk.datasets), list(walk.steps),
+                                                    walk.truncated)
+    graph.edges = sorted(walk.edges.values(), key=lambda e: (
+        e.side != "upstream", e.depth, e.direction != _TOWARD[e.side], e.step.label,
+        e.location))
     return graph
 
 

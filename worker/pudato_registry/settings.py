@@ -93,6 +93,36 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         300.0, gt=0, description="/healthz fails after this long without progress while the "
         "worker has work; keep it above retry_timeout_s")
+    exporter_port: int = Field(9110, ge=0, le=65535,
+                               description="`exporter`'s /metrics port (0: any free one)")
+    exporter_host: str = Field("127.0.0.1", description="address `exporter` binds")
+    exporter_interval_s: float = Field(
+        30.0, ge=1, description="how often `exporter` reads the tables (never per scrape)")
+    exporter_failed_window_s: float = Field(
+        3600.0, gt=0, description="pudato_pipeline_runs_failed counts the runs created this "
+        "long ago or later")
+    exporter_stuck_after_s: float = Field(
+        21600.0, gt=0, description="pudato_jobs_stuck counts jobs running longer than this")
+    exporter_max_pipelines: int = Field(
+        1000, ge=1, description="most pipeline scopes (namespace, environment, pipeline) "
+        "`exporter` reports; the rest are counted in pudato_exporter_scopes_left_out")
+    exporter_max_steps: int = Field(
+        50, ge=1, description="most step names per pipeline scope in "
+        "pudato_step_duration_seconds")
+    exporter_baseline_runs: int = Field(
+        20, ge=1, description="successful runs behind a step's recent p95")
+    exporter_datasets: list[str] = Field(
+        default_factory=list, description="locations whose last write `exporter` reports "
+        "(JSON list); empty: the PUDATO_EXPORTER_TOP_DATASETS most written")
+    exporter_top_datasets: int = Field(
+        20, ge=0, description="how many of the most written locations `exporter` reports "
+        "when PUDATO_EXPORTER_DATASETS is empty")
+    freshness_sla_s: float = Field(
+        93600.0, gt=0, description="how long after its last success a pipeline is stale "
+        "(26 h: a daily pipeline with 2 h of slack)")
+    freshness_slas: dict[str, float] = Field(
+        default_factory=dict, description="per pipeline name, its own freshness SLA in "
+        'seconds (JSON object, e.g. {"payroll": 3600})')
     partitions: int = Field(12, ge=1, description="partitions of topics `topics create` makes")
     replication_factor: int = Field(1, ge=1, description="replication of created topics")
     kafka: dict[str, SecretStr] = Field(
