@@ -52,6 +52,8 @@ INDEXES = {
         "idx_jobs_pipeline": "(pipeline)", "idx_jobs_environment": "(environment)",
         "idx_jobs_namespace": "(namespace)", "idx_jobs_status": "(status)",
         "idx_jobs_created_at": "(created_at)",
+        # Added by 005 for jobs diff and the exporter, beyond the spec's list.
+        "idx_jobs_pipeline_scope_created": "(pipeline, environment, namespace, created_at)",
     },
     "pudato_job_steps": {
         "pudato_job_steps_pkey": "(step_id)",

@@ -60,6 +60,8 @@ class StepView:
 
 
 def _firsts(references: Iterable[Mapping[str, Any]]) -> tuple[tuple[str, str], ...]:
+    if isinstance(references, list) and len(references) < 2:  # most lists: one entry or none
+        return tuple((r["location"], r["ref_type"]) for r in references)
     named: dict[str, str] = {}
     for reference in references:
         named.setdefault(reference["location"], reference["ref_type"])
@@ -198,8 +200,9 @@ class Increment:
     def take(self, part: Contribution, new: bool) -> None:
         """Fold one more contribution of this edge in."""
         self.runs += new
-        self.first_seen = min(self.first_seen, part.seen)
-        if _rank(part) > _rank(self.latest):
+        seen, latest = part.seen, self.latest
+        self.first_seen = min(self.first_seen, seen)
+        if seen > latest.seen or (seen == latest.seen and part.step_id > latest.step_id):
             self.latest = part
 
     def row(self) -> tuple[Any, ...]:
@@ -236,6 +239,14 @@ def delta(changes: Iterable[tuple[Mapping[EdgeKey, Contribution],
         if rewrite:
             recompute.update(before)
             recompute.update(after)
+            continue
+        if not before:  # a step new to the edges (the common case): every part adds a run
+            for key, part in after.items():
+                held = increments.get(key)
+                if held is None:
+                    increments[key] = Increment(1, part.seen, part)
+                else:
+                    held.take(part, True)
             continue
         for key, part in after.items():
             old = before.get(key)
@@ -289,7 +300,10 @@ class BatchLineage:
         changes = [
             ({} if old is None else contributions_of(old, before_keys.get(old.job_id)),
              contributions_of(new, after_keys.get(new.job_id)))
-            for old, new in self.steps]
+            for old, new in self.steps
+            # A step whose view and job key stay the same changes no edge (unless repaired).
+            if self.rewrite or old != new
+            or before_keys.get(new.job_id) != after_keys.get(new.job_id)]
         changes += [(contributions_of(step, before_keys.get(step.job_id)),
                      contributions_of(step, after_keys.get(step.job_id)))
                     for step in unchanged_steps]
