@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -41,6 +42,7 @@ from pudato_registry.settings import Settings
 
 log = logging.getLogger(__name__)
 SCOPE = ("namespace", "environment", "pipeline")
+_ANY_TIME = datetime.max.replace(tzinfo=UTC)  # baselines over every run, not those before one
 STATUSES = ("pending", "running", "success", "failed", "cancelled")
 
 # Every scope of a pipeline, by a loose scan of idx_jobs_pipeline_scope_created:
@@ -169,7 +171,7 @@ def _step_durations(conn: psycopg.Connection[Any], scopes: list[Any],
         # A retried step: its last attempt (one series per step name).
         steps = dict(conn.execute(_STEPS, {"job": latest[0]}).fetchall())
         names = sorted(str(name) for name in steps)[:settings.exporter_max_steps]
-        recent = queries.step_baselines(conn, {**scope, "created_at": _far_future()},
+        recent = queries.step_baselines(conn, {**scope, "created_at": _ANY_TIME},
                                         settings.exporter_baseline_runs)
         labels = [str(namespace), str(environment), str(pipeline)]
         for name in names:
@@ -178,12 +180,6 @@ def _step_durations(conn: psycopg.Connection[Any], scopes: list[Any],
             if recent.get(name):
                 family.add_metric([*labels, name, "recent_p95"], _p95(recent[name]) / 1000)
     return family
-
-
-def _far_future() -> Any:
-    from datetime import UTC, datetime  # noqa: PLC0415
-
-    return datetime.max.replace(tzinfo=UTC)
 
 
 def _datasets(conn: psycopg.Connection[Any], settings: Settings) -> GaugeMetricFamily:

@@ -365,8 +365,7 @@ class JobState(_Entity):
 
     def lineage_key(self) -> edges.JobKey | None:
         """What the job gives its steps' lineage edges (amendment 3)."""
-        return edges.job_key(self._scalar("namespace", "default"),
-                             self._scalar("environment", "dev"), self._scalar("pipeline"))
+        return _lineage_key(self.scalars)
 
     def dump(self) -> str:
         """The state's compact JSON encoding, for ``pudato_job_state.state``."""
@@ -693,7 +692,6 @@ class Projection:
         ids = self.changed_steps if only_changed else self.steps.keys()
         return [self.steps[i].row() for i in sorted(ids)]
 
-
     def lineage(self, rows: Iterable[StepRow], *, rewrite: bool = False) -> edges.BatchLineage:
         """What the fold changed of what the lineage edges are made of, given the rows of
         the changed steps (:meth:`step_rows`): see :class:`edges.BatchLineage`."""
@@ -712,16 +710,20 @@ class Projection:
         return edges.BatchLineage(pairs, before, after, rewrite)
 
 
-def _head_key(saved: str) -> edges.JobKey | None:
-    """A saved job state's lineage key, without decoding the rest of it."""
-    scalars = _decode(_job_head(saved).scalars)
-
+def _lineage_key(scalars: dict[str, list[Any]]) -> edges.JobKey | None:
+    """A job's lineage key from its scalar registers, with the row's defaults (rule 6)."""
     def value(name: str, default: Any) -> Any:
         held = scalars.get(name)
         return default if held is None else held[2]
 
     return edges.job_key(value("namespace", "default"), value("environment", "dev"),
                          value("pipeline", None))
+
+
+def _head_key(saved: str) -> edges.JobKey | None:
+    """A saved job state's lineage key, without decoding the rest of it (a register's value
+    sits at index 2 in either state version)."""
+    return _lineage_key(_decode(_job_head(saved).scalars))
 
 
 def fold(events: Iterable[Event]) -> Projection:

@@ -330,12 +330,15 @@ _EDGE_READ = ("location, direction, namespace, environment, pipeline, step_name,
               " first_seen, last_seen, last_status, last_job_id, last_step_id, ref_type")
 
 
-def _graph_edge(row: tuple[Any, ...], depth: int, side: str) -> GraphEdge:
+def _graph_edge(row: tuple[Any, ...], depth: int, side: str,
+                step: StepNode | None = None) -> GraphEdge:
+    """An edge from a row of :data:`_EDGE_READ` (``step``: its step node, if built already)."""
     (location, direction, namespace, environment, pipeline, step_name, runs, first_seen,
      last_seen, last_status, last_job_id, last_step_id, ref_type) = row
-    return GraphEdge(location, direction, StepNode(namespace, environment, pipeline, step_name),
-                     int(runs), first_seen, last_seen, last_status, last_job_id, last_step_id,
-                     ref_type, depth, side)
+    return GraphEdge(location, direction,
+                     step or StepNode(namespace, environment, pipeline, step_name), int(runs),
+                     first_seen, last_seen, last_status, last_job_id, last_step_id, ref_type,
+                     depth, side)
 
 
 def _equal(columns: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -389,8 +392,7 @@ class _Walk:
             return False
         key = (row[0], row[1], step)
         if key not in self.edges:
-            self.edges[key] = GraphEdge(row[0], row[1], step, int(row[6]), row[7], row[8],
-                                        row[9], row[10], row[11], row[12], level, side)
+            self.edges[key] = _graph_edge(row, level, side, step)
         return True
 
     def toward(self, rows: list[tuple[Any, ...]], level: int) -> bool:

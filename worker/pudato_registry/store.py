@@ -236,6 +236,7 @@ _COLUMN_TYPES = {
     "request": "jsonb", "parameters": "jsonb", "metadata": "jsonb", "inputs": "jsonb",
     "outputs": "jsonb", "executions": "jsonb", "created_at": "timestamptz",
     "started_at": "timestamptz", "completed_at": "timestamptz", "duration_ms": "int4",
+    "runs": "int8", "first_seen": "timestamptz", "last_seen": "timestamptz",  # the edges
 }
 
 
@@ -459,13 +460,11 @@ def step_key_sql(alias: str = "") -> str:
     return _digest_sql(_STEP_KEY_COLUMNS, alias)
 
 
-EDGE_COLUMNS = edges.COLUMNS
-_EDGE_LIST = ", ".join(EDGE_COLUMNS)
+_EDGE_LIST = ", ".join(edges.COLUMNS)
 # The increments of a batch: the columns without the digests (computed on the way in).
 _EDGE_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS pudato_stage_lineage_edges ON COMMIT DELETE ROWS"
                f" AS SELECT {_EDGE_LIST} FROM pudato_lineage_edges WITH NO DATA")
-_EDGE_TYPES = ["text"] * 6 + ["int8", "timestamptz", "timestamptz", "text", "text", "text",
-                              "text"]
+_EDGE_TYPES = column_types(edges.COLUMNS)
 _LATEST = ("last_seen", "last_step_id", "last_job_id", "last_status", "ref_type")
 
 
