@@ -797,7 +797,7 @@ def _lineage_search(args: argparse.Namespace, dsn: str, *, as_data: bool) -> int
 
     found = queries.search_locations(dsn, args.search, limit=args.limit or 20)
     if not found:
-        print(f"no known location contains {safe(repr(args.search))}", file=sys.stderr)
+        print(f"no known location contains {_quoted(args.search)}", file=sys.stderr)
         return 1
     rows = [vars(f) for f in found]
     print(as_json(rows) if as_data else table(rows, ["location", "steps", "runs",
@@ -858,6 +858,13 @@ def _lineage_graph(args: argparse.Namespace, dsn: str, *, as_data: bool) -> int:
     return 0
 
 
+def _quoted(text: str) -> str:
+    """A user's text echoed in one line: quoted, controls escaped, a long one cut in the middle."""
+    from pudato_registry.present import cell  # noqa: PLC0415
+
+    return cell(repr(text), 120)
+
+
 def _no_lineage(location: str, dsn: str) -> int:
     """Say that nothing reads or writes ``location``, and what it may have meant."""
     from pudato_registry import queries  # noqa: PLC0415
@@ -865,7 +872,7 @@ def _no_lineage(location: str, dsn: str) -> int:
     near = queries.nearest_locations(dsn, location)
     hint = ("; did you mean " + ", ".join(safe(repr(n.location)) for n in near) + "?"
             if near else "; lineage --search TEXT lists the known locations containing TEXT")
-    print(f"no step reads or writes {safe(repr(location))}{hint}", file=sys.stderr)
+    print(f"no step reads or writes {_quoted(location)}{hint}", file=sys.stderr)
     return 1
 
 
