@@ -131,6 +131,16 @@ def _parser() -> argparse.ArgumentParser:
     exporter.add_argument("--port", type=int,
                           help="port (PUDATO_EXPORTER_PORT, 9110; 0: any free one)")
 
+    ui = sub.add_parser(
+        "ui", parents=[common],
+        help="the web UI and JSON API over the registry (read-only)")
+    ui.add_argument("--host", help="address to bind (PUDATO_UI_HOST, 127.0.0.1); elsewhere "
+                    "needs a token or --no-auth")
+    ui.add_argument("--port", type=int, help="port (PUDATO_UI_PORT, 8088; 0: any free one)")
+    ui.add_argument("--token-file", type=Path, metavar="FILE",
+                    help="file holding the token to sign in with (else PUDATO_UI_TOKEN)")
+    ui.add_argument("--no-auth", action="store_true",
+                    help="serve without a token on any address (behind your own proxy)")
     _operations(sub, common)
     openlineage = sub.add_parser("openlineage", help="OpenLineage RunEvents in")
     ol_sub = openlineage.add_subparsers(dest="ol_command", required=True)
@@ -160,7 +170,7 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     replay.add_argument("--accept-trimmed", action="store_true",
                         help="rebuild although the topic lost its first events (their jobs "
                              "are then gone from the tables)")
-    mode.add_argument("--since", type=_time, metavar="TIME",
+    mode.add_argument("--since", type=parse_time, metavar="TIME",
                       help="re-apply events since TIME (ISO 8601, or 2h / 30m / 1d ago)")
     mode.add_argument("--correlation-id", metavar="ID",
                       help="re-apply the events of one correlation id")
@@ -176,7 +186,7 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     redrive = dlq_sub.add_parser("redrive", parents=[common],
                                  help="re-publish dead letters to the event topic, once each")
     redrive.add_argument("--kind", help="only letters of this error kind")
-    redrive.add_argument("--since", type=_time, metavar="TIME",
+    redrive.add_argument("--since", type=parse_time, metavar="TIME",
                          help="only letters dead-lettered since TIME")
     redrive.add_argument("--dry-run", action="store_true",
                          help="say what would be re-published; publish nothing")
@@ -191,7 +201,7 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     job_statuses = ("pending", "running", "success", "failed", "cancelled")
     listing.add_argument("--status", choices=job_statuses, type=str.lower,
                          help="only jobs in this status")
-    listing.add_argument("--since", type=_time, metavar="TIME", help="created since TIME")
+    listing.add_argument("--since", type=parse_time, metavar="TIME", help="created since TIME")
     listing.add_argument("--stuck", type=_duration, metavar="DURATION",
                          help="running longer than DURATION with no terminal event")
     listing.add_argument("--limit", type=_count, default=50, help="most jobs shown (50)")
@@ -324,7 +334,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _time(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
     """An ISO 8601 time (UTC if it names no offset), or a duration ago."""
     if text[-1:] in _UNITS and text[:-1].replace(".", "", 1).isdigit():
         return datetime.now(UTC) - _duration(text)
@@ -422,7 +432,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
         "schema": _schema, "migrate": lambda _a, s: _migrate(s), "topics": _topics,
         "worker": _worker, "spool": _spool, "replay": _replay, "dlq": _dlq,
-        "exporter": _exporter,
+        "exporter": _exporter, "ui": _ui,
         "jobs": _query, "lineage": _query, "openlineage": _openlineage, "demo": _demo,
         "publish": lambda a, s: _publish(a.file, a.wait, s, dry_run=a.dry_run,
                                          fail_on_spooled=a.fail_on_spooled),
@@ -559,6 +569,91 @@ def _exporter(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ui_token(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The token `ui` asks for: --token-file's, else PUDATO_UI_TOKEN, else none."""
+    if args.token_file is None:
+        return settings.ui_token.get_secret_value() if settings.ui_token else None
+    try:
+        token: str = args.token_file.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read --token-file {args.token_file}: "
+                         f"{exc.strerror or exc}") from None
+    if len(token) < 16:
+        raise ValueError(f"the token in --token-file {args.token_file} is shorter than 16 "
+                         "characters: make a long one (python -c 'import secrets; "
+                         "print(secrets.token_urlsafe())')")
+    return token
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress  # noqa: PLC0415
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _ui(args: argparse.Namespace, settings: Settings) -> int:
+    from pudato_registry.web import app as web  # noqa: PLC0415
+
+    host = args.host or settings.ui_host
+    port = settings.ui_port if args.port is None else args.port
+    token = None if args.no_auth else _ui_token(args, settings)
+    if token is None and not args.no_auth and not _loopback(host):
+        raise ValueError(f"serving on {host} needs a token: set PUDATO_UI_TOKEN or give "
+                         "--token-file FILE (or --no-auth, to serve it open behind a proxy "
+                         "of your own)")
+    stop = _stop_on_signals()
+    pool = web.open_pool(settings.ui_database_dsn,
+                         statement_timeout_ms=settings.ui_statement_timeout_ms)
+    try:
+        app = web.create_app(pool, web.UiConfig(
+            token=token, mask_keys=tuple(settings.ui_mask_keys),
+            refresh_s=settings.ui_refresh_s,
+            statement_timeout_ms=settings.ui_statement_timeout_ms,
+            dead_letters=_dead_letter_reader(settings)))
+        try:
+            server = web.make_server(app, host, port)
+        except OSError as exc:
+            raise OSError(f"cannot serve on {host}:{port}: {exc.strerror or exc} (choose "
+                          "another with --port or PUDATO_UI_PORT)") from None
+        shown = f"[{host}]" if ":" in host else host
+        print(f"ui: the registry on http://{shown}:{server.effective_port}/ "
+              f"({'sign in with the token' if token else 'no sign-in'}); Ctrl-C stops it",
+              file=sys.stderr, flush=True)
+        web.serve(server, stop.is_set)
+    finally:
+        pool.close()
+    print("ui: stopped", file=sys.stderr)
+    return 0
+
+
+def _dead_letter_reader(settings: Settings) -> Callable[
+        [str | None, int], tuple[list[dict[str, Any]], int]]:
+    """`dlq list`'s reader for the UI: its rows, kept 10 s (a page view does not read the
+    whole dead-letter topic again)."""
+    import time  # noqa: PLC0415
+
+    from pudato_registry import dlq  # noqa: PLC0415
+
+    kept: dict[tuple[str | None, int], tuple[float, tuple[list[dict[str, Any]], int]]] = {}
+    lock = threading.Lock()
+
+    def read(kind: str | None, limit: int) -> tuple[list[dict[str, Any]], int]:
+        with lock:
+            found = kept.get((kind, limit))
+            if found is None or time.monotonic() - found[0] > 10:
+                letters, more = dlq.read(settings, limit, kind=kind)
+                found = (time.monotonic(), (dlq.rows(letters, full=True), more))
+                kept[(kind, limit)] = found
+            return found[1]
+
+    return read
+
+
 def _stop_on_signals() -> threading.Event:
     """An event SIGTERM and Ctrl-C set (they only set it: every wait checks it)."""
     stop = threading.Event()
@@ -647,13 +742,7 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.dlq_command == "list":
         letters, more = dlq.read(settings, args.limit, kind=args.kind)
-        rows: list[dict[str, Any]] = [
-            {"partition": d.partition, "offset": d.offset, "kind": d.kind, "error": d.error,
-             "source": d.source, "dead_lettered_at": d.dead_lettered_at, "preview": d.preview()}
-            for d in letters]
-        if args.json:  # all of each letter, for a script: key, value, headers
-            rows = [{**row, **dlq.as_data(d.key, "key"), **dlq.as_data(d.value, "value"),
-                     "headers": d.headers} for row, d in zip(rows, letters, strict=True)]
+        rows = dlq.rows(letters, full=args.json)
         print(as_json(rows) if args.json else table(
             rows, ["partition", "offset", "kind", "source", "dead_lettered_at", "error",
                    "preview"]))

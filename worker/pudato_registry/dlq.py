@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from pudato_registry import kafka, store
 from pudato_registry.settings import Settings
@@ -127,6 +128,19 @@ def as_data(value: bytes | None, name: str) -> dict[str, str | None]:
         return {name: value.decode()}
     except UnicodeDecodeError:
         return {f"{name}_base64": base64.b64encode(value).decode()}
+
+
+def rows(letters: Sequence[DeadLetter], *, full: bool = False) -> list[dict[str, Any]]:
+    """Letters as `dlq list` (and the UI) show them; ``full``: with the key, the value and
+    the headers, as ``--json`` prints them for a script."""
+    found: list[dict[str, Any]] = [
+        {"partition": d.partition, "offset": d.offset, "kind": d.kind, "error": d.error,
+         "source": d.source, "dead_lettered_at": d.dead_lettered_at, "preview": d.preview()}
+        for d in letters]
+    if full:
+        found = [{**row, **as_data(d.key, "key"), **as_data(d.value, "value"),
+                  "headers": d.headers} for row, d in zip(found, letters, strict=True)]
+    return found
 
 
 def select(letters: Sequence[DeadLetter], *, kind: str | None = None,

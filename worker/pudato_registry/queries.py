@@ -94,7 +94,7 @@ def job_with_steps(dsn: Source, job_id: str, limit: int = 1000) -> tuple[
 
 @dataclass(frozen=True)
 class JobFilter:
-    """What `jobs list` narrows by; None means any."""
+    """What `jobs list` and the UI's jobs page narrow by; None means any."""
 
     pipeline: str | None = None
     environment: str | None = None
@@ -102,15 +102,13 @@ class JobFilter:
     status: str | None = None
     since: datetime | None = None
     stuck_for: timedelta | None = None
+    text: str | None = None  # in the job id, pipeline, dag_run_id or error (any case)
     limit: int = 50
+    before: tuple[datetime, str] | None = None  # keyset: jobs older than (created_at, job_id)
 
 
-def list_jobs(dsn: Source, where: JobFilter) -> list[dict[str, Any]]:
-    """Jobs matching the filter, newest first.
-
-    ``stuck_for``: running jobs whose start is longer ago than that, with no
-    terminal event (a lost ``failed`` is the classic cause).
-    """
+def _job_where(where: JobFilter) -> tuple[str, list[Any]]:
+    """The WHERE clause of a filter (its paging cursor aside)."""
     clauses, params = [], []
     for column in ("pipeline", "environment", "namespace", "status"):
         value = getattr(where, column)
@@ -123,11 +121,101 @@ def list_jobs(dsn: Source, where: JobFilter) -> list[dict[str, Any]]:
     if where.stuck_for is not None:
         clauses.append("status = 'running' AND started_at < now() - %s")
         params.append(where.stuck_for)
-    sql_where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    if where.text:
+        clauses.append("(job_id ILIKE %s OR pipeline ILIKE %s OR dag_run_id ILIKE %s"
+                       " OR error ILIKE %s)")
+        params += [_like(where.text)] * 4
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else "WHERE true"), params
+
+
+def list_jobs(dsn: Source, where: JobFilter) -> list[dict[str, Any]]:
+    """Jobs matching the filter, newest first (ties by job id, descending).
+
+    ``stuck_for``: running jobs whose start is longer ago than that, with no
+    terminal event (a lost ``failed`` is the classic cause). ``before`` pages
+    by keyset, on the index of ``created_at``: page 1,000 costs what page 1 does.
+    """
+    sql_where, params = _job_where(where)
+    if where.before is not None:
+        at, job_id = where.before
+        # Two conditions rather than a row comparison: the index is on created_at alone.
+        sql_where += " AND created_at <= %s AND (created_at < %s OR job_id < %s)"
+        params += [at, at, job_id]
     with _connected(dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
         cur.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM pudato_jobs {sql_where} "
-                    "ORDER BY created_at DESC, job_id LIMIT %s", (*params, where.limit))
+                    "ORDER BY created_at DESC, job_id DESC LIMIT %s", (*params, where.limit))
         return cur.fetchall()
+
+
+def count_jobs(dsn: Source, where: JobFilter, *, most: int = 100_000) -> tuple[
+        dict[str, int], bool]:
+    """How many jobs match the filter, by status; counted over at most ``most`` of the
+    newest (the answer says whether it stopped there): a bounded query at any size."""
+    sql_where, params = _job_where(where)
+    with _connected(dsn) as conn:
+        rows = conn.execute(
+            f"SELECT status, count(*) FROM (SELECT status FROM pudato_jobs {sql_where}"
+            " ORDER BY created_at DESC LIMIT %s) newest GROUP BY status",
+            (*params, most + 1)).fetchall()
+    counts = {str(status): int(n) for status, n in rows}
+    return counts, sum(counts.values()) > most
+
+
+def failed_steps(dsn: Source, job_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Per job, its failed step runs: (how many no later run of the same step made good,
+    how many a retry did); jobs with none are left out."""
+    with _connected(dsn) as conn:
+        rows = conn.execute(
+            "SELECT job_id, count(*) FILTER (WHERE NOT retried), count(*) FILTER (WHERE retried)"
+            " FROM (SELECT f.job_id, EXISTS (SELECT 1 FROM pudato_job_steps s"
+            " WHERE s.job_id = f.job_id AND s.step_name = f.step_name AND s.status = 'success'"
+            " AND s.started_at >= f.started_at) AS retried FROM pudato_job_steps f"
+            " WHERE f.job_id = ANY(%s) AND f.status = 'failed') failed GROUP BY job_id",
+            (list(job_ids),)).fetchall()
+    return {str(job_id): (int(left), int(retried)) for job_id, left, retried in rows}
+
+
+@dataclass(frozen=True)
+class PipelineRuns:
+    """A pipeline's last runs (newest first) and their steps, for the grid."""
+
+    pipeline: str
+    environment: str | None
+    namespace: str | None
+    jobs: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+
+
+_GRID_STEP = ("step_id", "job_id", "step_name", "status", "started_at", "completed_at",
+              "duration_ms", "error")
+
+
+def pipeline_runs(dsn: Source, pipeline: str, *, environment: str | None = None,
+                  namespace: str | None = None, runs: int = 25) -> PipelineRuns:
+    """The last ``runs`` runs of ``pipeline`` and their steps. Without an environment and
+    namespace, those of its newest run: one grid never mixes dev and prod."""
+    with _connected(dsn) as conn:
+        if environment is None or namespace is None:
+            newest = conn.execute(
+                "SELECT environment, namespace FROM pudato_jobs WHERE pipeline = %s"
+                + "".join(f" AND {c} = %s" for c, v in (("environment", environment),
+                                                        ("namespace", namespace)) if v)
+                + " ORDER BY created_at DESC LIMIT 1",
+                (pipeline, *(v for v in (environment, namespace) if v))).fetchone()
+            if newest is None:
+                return PipelineRuns(pipeline, environment, namespace, [], [])
+            environment, namespace = str(newest[0]), str(newest[1])
+        jobs = _rows(conn, "pudato_jobs", JOB_COLUMNS, "job_id", where=(
+            "WHERE job_id = ANY(ARRAY(SELECT job_id FROM pudato_jobs WHERE pipeline = %s"
+            " AND environment = %s AND namespace = %s ORDER BY created_at DESC LIMIT %s))"),
+            params=(pipeline, environment, namespace, runs))
+        jobs.sort(key=lambda j: (j["created_at"], j["job_id"]), reverse=True)
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(f"SELECT {', '.join(_GRID_STEP)} FROM pudato_job_steps"
+                        " WHERE job_id = ANY(%s) ORDER BY started_at NULLS LAST, step_id"
+                        " LIMIT %s", ([j["job_id"] for j in jobs], runs * 500))
+            steps = cur.fetchall()
+    return PipelineRuns(pipeline, environment, namespace, jobs, steps)
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,23 @@ class Settings(BaseSettings):
     ol_http_decode_budget_bytes: int = Field(
         24 * MIB, ge=1, description="openlineage serve: bytes of request bodies decoded at "
         "once (memory is about ten times this)")
+    ui_host: str = Field("127.0.0.1", description="`ui`: address to bind (elsewhere than "
+                         "loopback needs PUDATO_UI_TOKEN, or --no-auth)")
+    ui_port: int = Field(8088, ge=0, le=65535, description="`ui`: port (0: any free one)")
+    ui_token: SecretStr | None = Field(
+        None, description="`ui`: the token pages (a login form) and the API (Bearer) ask for")
+    ui_database_url: SecretStr | None = Field(
+        None, description="`ui`: the URL of a role that may only SELECT (docs/ui-role.sql); "
+        "none: PUDATO_DATABASE_URL")
+    ui_statement_timeout_ms: int = Field(
+        2000, ge=10, le=600_000, description="`ui`: a request's queries end after this")
+    ui_mask_keys: list[str] = Field(
+        default_factory=lambda: ["password", "passwd", "secret", "token", "key",
+                                 "credential"],
+        description="`ui`: parameter and request keys with one of these words are masked "
+        "(JSON list)")
+    ui_refresh_s: float = Field(2.0, ge=0.5, description="`ui`: how often a running job's "
+                                "page reloads its steps")
     log_json: bool = Field(False, description="log one JSON object per line")
     log_level: str = Field("INFO", description="logging level")
 
@@ -205,6 +222,14 @@ class Settings(BaseSettings):
             raise ValueError("the API key is empty: set one, or unset PUDATO_OL_API_KEY to "
                              "accept requests without a key")
         return key
+
+    @field_validator("ui_token")
+    @classmethod
+    def _ui_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value().strip()) < 16:
+            raise ValueError("the UI token is shorter than 16 characters: make a long one "
+                             "(python -c 'import secrets; print(secrets.token_urlsafe())')")
+        return token
 
     @field_validator("ol_skip_subruns")
     @classmethod
@@ -226,6 +251,12 @@ class Settings(BaseSettings):
         """The database URL with its secret, for the connection only."""
         return self.database_url.get_secret_value()
 
+    @property
+    def ui_database_dsn(self) -> str:
+        """The URL `ui` reads with: its own read-only role's, else the database URL."""
+        url = self.ui_database_url or self.database_url
+        return url.get_secret_value()
+
     def kafka_config(self) -> dict[str, str]:
         """The librdkafka pass-through settings, secrets included, for the clients only."""
         return {key: value.get_secret_value() for key, value in self.kafka.items()}
@@ -243,8 +274,11 @@ class Settings(BaseSettings):
         found = [value.get_secret_value() for key, value in self.kafka.items()
                  if any(part in key for part in _SECRET_KAFKA_KEYS)]
         found += dsn_secrets(self.database_dsn)
-        if self.ol_api_key is not None:
-            found.append(self.ol_api_key.get_secret_value())
+        for key in (self.ol_api_key, self.ui_token):
+            if key is not None:
+                found.append(key.get_secret_value())
+        if self.ui_database_url is not None:
+            found += dsn_secrets(self.ui_database_url.get_secret_value())
         return [secret for secret in found if len(secret) >= 3]  # "a" is in every line
 
 
