@@ -611,7 +611,7 @@ def _ui(args: argparse.Namespace, settings: Settings) -> int:
                          statement_timeout_ms=settings.ui_statement_timeout_ms)
     try:
         app = web.create_app(pool, web.UiConfig(
-            token=token, mask_keys=tuple(settings.ui_mask_keys),
+            token=token, mask_keys=tuple(settings.mask_keys),
             refresh_s=settings.ui_refresh_s,
             statement_timeout_ms=settings.ui_statement_timeout_ms,
             dead_letters=_dead_letter_reader(settings)))
@@ -764,14 +764,16 @@ def _dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _query(args: argparse.Namespace, settings: Settings) -> int:
-    from pudato_registry import queries  # noqa: PLC0415
+    from pudato_registry import masking, queries  # noqa: PLC0415
     from pudato_registry.present import as_json, table  # noqa: PLC0415
 
     dsn = settings.database_dsn
     if args.command == "lineage":
         return _lineage(args, dsn)
     if args.jobs_command in ("diff", "reproduce"):
-        return _compare(args, dsn) if args.jobs_command == "diff" else _reproduce(args, dsn)
+        keys = tuple(settings.mask_keys)
+        return (_compare(args, dsn, keys) if args.jobs_command == "diff"
+                else _reproduce(args, dsn, keys))
     if args.jobs_command == "list":
         found = queries.list_jobs(dsn, queries.JobFilter(
             pipeline=args.pipeline, environment=args.environment, namespace=args.namespace,
@@ -784,6 +786,7 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
     if job is None:
         print(f"no job {safe(repr(args.job_id))}", file=sys.stderr)
         return 1
+    job = masking.masked_job(job, settings.mask_keys)
     if args.json:
         print(as_json({"job": job, "steps": steps}))
     else:
@@ -798,9 +801,9 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace, dsn: str) -> int:
+def _compare(args: argparse.Namespace, dsn: str, keys: tuple[str, ...]) -> int:
     """``jobs diff``: 0 the same, 1 different, 2 an error, as diff(1) exits."""
-    from pudato_registry import diff, queries  # noqa: PLC0415
+    from pudato_registry import diff, masking, queries  # noqa: PLC0415
     from pudato_registry.present import as_json, diff_text  # noqa: PLC0415
 
     with queries.reading(dsn) as conn:
@@ -824,6 +827,7 @@ def _compare(args: argparse.Namespace, dsn: str) -> int:
         if earlier is None:
             print(f"no job {safe(repr(args.first))}", file=sys.stderr)
             return 2
+        earlier, later = (masking.masked_facts(f, keys) for f in (earlier, later))
         found = diff.compare(earlier, later,
                              baselines=queries.step_baselines(conn, dict(later.job),
                                                               args.baseline),
@@ -832,8 +836,8 @@ def _compare(args: argparse.Namespace, dsn: str) -> int:
     return 1 if found.differs else 0
 
 
-def _reproduce(args: argparse.Namespace, dsn: str) -> int:
-    from pudato_registry import diff, queries  # noqa: PLC0415
+def _reproduce(args: argparse.Namespace, dsn: str, keys: tuple[str, ...]) -> int:
+    from pudato_registry import diff, masking, queries  # noqa: PLC0415
     from pudato_registry.present import as_json, card_text  # noqa: PLC0415
 
     with queries.reading(dsn) as conn:
@@ -841,7 +845,7 @@ def _reproduce(args: argparse.Namespace, dsn: str) -> int:
         if facts is None:
             print(f"no job {safe(repr(args.job_id))}", file=sys.stderr)
             return 1
-        found = diff.card(facts, queries.overwrites(conn, facts))
+        found = diff.card(masking.masked_facts(facts, keys), queries.overwrites(conn, facts))
     print(as_json(diff.card_as_dict(found)) if args.json else card_text(found))
     return 0
 

@@ -198,10 +198,11 @@ class Settings(BaseSettings):
         "none: PUDATO_DATABASE_URL")
     ui_statement_timeout_ms: int = Field(
         2000, ge=10, le=600_000, description="`ui`: a request's queries end after this")
-    ui_mask_keys: list[str] = Field(
+    mask_keys: list[str] = Field(
         default_factory=lambda: ["password", "passwd", "secret", "token", "key",
                                  "credential"],
-        description="`ui`: parameter and request keys with one of these words are masked "
+        description="the values of parameter and request keys with one of these words are "
+        "masked wherever a job is shown: `ui`, its API, `jobs show`, `diff`, `reproduce` "
         "(JSON list)")
     ui_refresh_s: float = Field(2.0, ge=0.5, description="`ui`: how often a running job's "
                                 "page reloads its steps")

@@ -25,7 +25,7 @@ from flask import Flask, Response, abort, g, redirect, render_template, request
 from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from pudato_registry import diff, queries
+from pudato_registry import diff, masking, queries
 from pudato_registry.present import as_json, duration
 from pudato_registry.store import connection_options
 from pudato_registry.web import pages
@@ -50,7 +50,7 @@ class UiConfig:
     """What the app is built with (from the settings, once, at the edge)."""
 
     token: str | None = None  # None: no login (loopback, or --no-auth given)
-    mask_keys: tuple[str, ...] = pages.DEFAULT_MASK_KEYS
+    mask_keys: tuple[str, ...] = masking.DEFAULT_KEYS
     refresh_s: float = 2.0
     statement_timeout_ms: int = 2000
     # The dead letters: read from Kafka by the CLI's reader; (letters as rows, more) for a
@@ -327,8 +327,8 @@ def _job_page(conn: ConnOf, config: UiConfig, job_id: str) -> dict[str, Any]:
                                                  now)) for s in steps}
     return {"job": job, "steps": steps, "more": more, "now": now,
             "gantt": pages.gantt(job, steps, now), "typical": typical, "took": took,
-            "parameters": pages.masked(job.get("parameters"), config.mask_keys),
-            "request_": pages.masked(job.get("request"), config.mask_keys),
+            "parameters": masking.masked(job.get("parameters"), config.mask_keys),
+            "request_": masking.masked(job.get("request"), config.mask_keys),
             "job_took": pages.elapsed_ms(job.get("started_at"), job.get("completed_at"), now),
             "against": pages.against,
             "live": job.get("status") in ("pending", "running")}
@@ -353,7 +353,9 @@ def _page_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
         page = "jobs_results.html" if _partial() else "jobs.html"
         return render_template(page, jobs=found, where=where, counts=counts, capped=capped,
                                failed=failed, older=older, args=kept,
-                               total=sum(counts.values()))
+                               total=sum(counts.values()),
+                               shown=counts.get(where.status, 0) if where.status
+                               else sum(counts.values()))
 
     @app.get("/jobs/<path:job_id>")
     def job(job_id: str) -> Any:
@@ -430,9 +432,10 @@ def _api_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
             conn(), job_id, _int("limit", 1000, low=1, high=1000))
         if job is None:
             return _json({"error": f"no job {job_id[:200]!r}"}, 404)
-        job = {**job, "parameters": pages.masked(job.get("parameters"), config.mask_keys),
-               "request": pages.masked(job.get("request"), config.mask_keys)}
-        return _json({"job": job, "steps": steps, "more_steps": more})
+        answer = _json({"job": masking.masked_job(job, config.mask_keys), "steps": steps})
+        if more:  # the CLI says it on stderr; the body stays what `jobs show --json` prints
+            answer.headers["X-More-Steps"] = str(more)
+        return answer
 
     @app.get(f"{API}/diff")
     def api_diff() -> Response:
@@ -455,6 +458,7 @@ def _api_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
             earlier = queries.run_facts(conn(), first)
         if earlier is None:
             return _json({"error": f"no job {first!r}"}, 404)
+        earlier, later = (masking.masked_facts(f, config.mask_keys) for f in (earlier, later))
         found = diff.compare(earlier, later, baselines=queries.step_baselines(
             conn(), dict(later.job), _int("baseline", 10, low=1, high=100)))
         return _json(diff.diff_as_dict(found))
@@ -468,7 +472,9 @@ def _api_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
         facts = queries.run_facts(conn(), job_id)
         if facts is None:
             return _json({"error": f"no job {job_id!r}"}, 404)
-        return _json(diff.card_as_dict(diff.card(facts, queries.overwrites(conn(), facts))))
+        card = diff.card(masking.masked_facts(facts, config.mask_keys),
+                         queries.overwrites(conn(), facts))
+        return _json(diff.card_as_dict(card))
 
 
 

@@ -1,13 +1,12 @@
 """What the pages show, computed from rows: pure functions, no Flask, no database.
 
-Masking secrets, the Gantt's geometry, the pipeline grid, the trend lines and
+The Gantt's geometry, the pipeline grid, the trend lines and
 the jobs page's cursor are decided here, so that they are tested without a
 server and the views only fetch rows and render.
 """
 
 from __future__ import annotations
 
-import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,33 +15,9 @@ from typing import Any
 
 from pudato_registry.present import duration
 
-MASK = "••••••"
-DEFAULT_MASK_KEYS = ("password", "passwd", "secret", "token", "key", "credential")
-_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 STATUSES = ("pending", "running", "success", "failed", "cancelled", "skipped")
 # Statuses drawn red: a run that did not do its work never shows green.
 FAILURES = frozenset({"failed", "cancelled"})
-
-
-def _secret_key(key: str, words: frozenset[str]) -> bool:
-    """``key`` names a secret: one of its words (``db_password``, ``apiKey``,
-    ``AWS_SECRET_ACCESS_KEY``) is one of ``words``; ``monkey`` and ``tokenizer`` are not."""
-    return any(w.lower() in words for w in _WORDS.findall(key))
-
-
-def masked(value: Any, keys: Iterable[str] = DEFAULT_MASK_KEYS) -> Any:
-    """``value`` with the value of every secret-looking key, at any depth, replaced."""
-    words = frozenset(k.lower() for k in keys)
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, Mapping):
-            return {k: (MASK if _secret_key(str(k), words) and v2 is not None else walk(v2))
-                    for k, v2 in v.items()}
-        if isinstance(v, list):
-            return [walk(item) for item in v]
-        return v
-
-    return walk(value)
 
 
 def cursor_of(job: Mapping[str, Any]) -> str:

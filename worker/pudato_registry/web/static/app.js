@@ -99,6 +99,17 @@
     box.dataset.drawn = String(g.nodeCount());
   }
 
+  // A filter left empty stays out of the URL that htmx pushes: links stay short.
+  document.addEventListener("htmx:configRequest", (event) => {
+    const params = event.detail.parameters;
+    for (const key of Array.from(params.keys ? params.keys() : Object.keys(params))) {
+      const value = params.get ? params.get(key) : params[key];
+      if (value === "") {
+        if (params.delete) params.delete(key); else delete params[key];
+      }
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", () => {
     const box = document.getElementById("graph");
     if (box && window.dagre) draw(box);
