@@ -7,12 +7,12 @@ from pudato_registry import masking
 
 def test_keys_with_a_secret_word_are_masked_at_any_depth() -> None:
     value = {"db_password": "p", "apiKey": "k", "AWS_SECRET_ACCESS_KEY": "s",
-             "nested": [{"token": "t", "monkey": "m", "tokenizer": "bpe"}],
+             "nested": [{"token": "t", "monkey": "m", "tokenizer": "bpe", "author": "a"}],
              "primary_key": None, "date": "2026-12-01"}
     assert masking.masked(value) == {
         "db_password": masking.MASK, "apiKey": masking.MASK,
         "AWS_SECRET_ACCESS_KEY": masking.MASK,
-        "nested": [{"token": masking.MASK, "monkey": "m", "tokenizer": "bpe"}],
+        "nested": [{"token": masking.MASK, "monkey": "m", "tokenizer": "bpe", "author": "a"}],
         "primary_key": None, "date": "2026-12-01"}
 
 

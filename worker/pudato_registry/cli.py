@@ -122,25 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="where the stack keeps its files and writes `env` (one stack each)")
     up.add_argument("--keep", action="store_true",
                     help="keep the data and ports when it stops (default: fresh each time)")
-    sub.add_parser("demo", parents=[common],
-                   help="the main job on local defaults: stack, worker, a sample pipeline")
-    exporter = sub.add_parser(
-        "exporter", parents=[common],
-        help="registry metrics for Prometheus: pipelines' last success, failures, stuck jobs")
-    exporter.add_argument("--host", help="address to bind (PUDATO_EXPORTER_HOST, 127.0.0.1)")
-    exporter.add_argument("--port", type=int,
-                          help="port (PUDATO_EXPORTER_PORT, 9110; 0: any free one)")
-
-    ui = sub.add_parser(
-        "ui", parents=[common],
-        help="the web UI and JSON API over the registry (read-only)")
-    ui.add_argument("--host", help="address to bind (PUDATO_UI_HOST, 127.0.0.1); elsewhere "
-                    "needs a token or --no-auth")
-    ui.add_argument("--port", type=int, help="port (PUDATO_UI_PORT, 8088; 0: any free one)")
-    ui.add_argument("--token-file", type=Path, metavar="FILE",
-                    help="file holding the token to sign in with (else PUDATO_UI_TOKEN)")
-    ui.add_argument("--no-auth", action="store_true",
-                    help="serve without a token on any address (behind your own proxy)")
+    _readers(sub, common)
     _operations(sub, common)
     openlineage = sub.add_parser("openlineage", help="OpenLineage RunEvents in")
     ol_sub = openlineage.add_subparsers(dest="ol_command", required=True)
@@ -158,6 +140,35 @@ def _parser() -> argparse.ArgumentParser:
                        help="a file holding the Bearer key clients must send "
                             "(PUDATO_OL_API_KEY holds the key itself)")
     return parser
+
+
+def _readers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The commands that serve what the registry holds: demo, exporter, ui."""
+    demo = sub.add_parser(
+        "demo", parents=[common],
+        help="the main job on local defaults: stack, worker, a sample pipeline")
+    demo.add_argument("--ui", action="store_true",
+                      help="then keep the stack and serve the web UI on the sample data "
+                      "until Ctrl-C")
+    demo.add_argument("--port", type=int, help="the UI's port with --ui (PUDATO_UI_PORT, "
+                      "8088; 0: any free one)")
+    exporter = sub.add_parser(
+        "exporter", parents=[common],
+        help="registry metrics for Prometheus: pipelines' last success, failures, stuck jobs")
+    exporter.add_argument("--host", help="address to bind (PUDATO_EXPORTER_HOST, 127.0.0.1)")
+    exporter.add_argument("--port", type=int,
+                          help="port (PUDATO_EXPORTER_PORT, 9110; 0: any free one)")
+
+    ui = sub.add_parser(
+        "ui", parents=[common],
+        help="the web UI and JSON API over the registry (read-only)")
+    ui.add_argument("--host", help="address to bind (PUDATO_UI_HOST, 127.0.0.1); elsewhere "
+                    "needs a token or --no-auth")
+    ui.add_argument("--port", type=int, help="port (PUDATO_UI_PORT, 8088; 0: any free one)")
+    ui.add_argument("--token-file", type=Path, metavar="FILE",
+                    help="file holding the token to sign in with (else PUDATO_UI_TOKEN)")
+    ui.add_argument("--no-auth", action="store_true",
+                    help="serve without a token on any address (behind your own proxy)")
 
 
 def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -463,10 +474,15 @@ def _openlineage(args: argparse.Namespace, settings: Settings) -> int:
     return _serve(_serve_settings(args, settings))
 
 
-def _demo(_args: argparse.Namespace, settings: Settings) -> int:
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from pudato_registry.demo import run_demo  # noqa: PLC0415
 
-    return run_demo(settings)
+    if not args.ui:
+        return run_demo(settings)
+    port = settings.ui_port if args.port is None else args.port
+    stop = _stop_on_signals()  # set before the stack starts: Ctrl-C while it starts stops it
+    return run_demo(settings, then=lambda local: _serve_ui(
+        local, settings.ui_host, port, None, stop), history=True)
 
 
 def _migrate(settings: Settings) -> int:
@@ -597,8 +613,6 @@ def _loopback(host: str) -> bool:
 
 
 def _ui(args: argparse.Namespace, settings: Settings) -> int:
-    from pudato_registry.web import app as web  # noqa: PLC0415
-
     host = args.host or settings.ui_host
     port = settings.ui_port if args.port is None else args.port
     token = None if args.no_auth else _ui_token(args, settings)
@@ -606,7 +620,14 @@ def _ui(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError(f"serving on {host} needs a token: set PUDATO_UI_TOKEN or give "
                          "--token-file FILE (or --no-auth, to serve it open behind a proxy "
                          "of your own)")
-    stop = _stop_on_signals()
+    return _serve_ui(settings, host, port, token, _stop_on_signals())
+
+
+def _serve_ui(settings: Settings, host: str, port: int, token: str | None,
+              stop: threading.Event) -> int:
+    """Serve the UI until ``stop`` is set (`ui`, and `demo --ui`)."""
+    from pudato_registry.web import app as web  # noqa: PLC0415
+
     pool = web.open_pool(settings.ui_database_dsn,
                          statement_timeout_ms=settings.ui_statement_timeout_ms)
     try:
@@ -803,7 +824,7 @@ def _query(args: argparse.Namespace, settings: Settings) -> int:
 
 def _compare(args: argparse.Namespace, dsn: str, keys: tuple[str, ...]) -> int:
     """``jobs diff``: 0 the same, 1 different, 2 an error, as diff(1) exits."""
-    from pudato_registry import diff, masking, queries  # noqa: PLC0415
+    from pudato_registry import diff, queries  # noqa: PLC0415
     from pudato_registry.present import as_json, diff_text  # noqa: PLC0415
 
     with queries.reading(dsn) as conn:
@@ -827,17 +848,17 @@ def _compare(args: argparse.Namespace, dsn: str, keys: tuple[str, ...]) -> int:
         if earlier is None:
             print(f"no job {safe(repr(args.first))}", file=sys.stderr)
             return 2
-        earlier, later = (masking.masked_facts(f, keys) for f in (earlier, later))
         found = diff.compare(earlier, later,
                              baselines=queries.step_baselines(conn, dict(later.job),
                                                               args.baseline),
-                             threshold=args.threshold / 100, literals=args.normalize_literals)
+                             threshold=args.threshold / 100, literals=args.normalize_literals,
+                             words=keys)
     print(as_json(diff.diff_as_dict(found)) if args.json else diff_text(found, sql=args.sql))
     return 1 if found.differs else 0
 
 
 def _reproduce(args: argparse.Namespace, dsn: str, keys: tuple[str, ...]) -> int:
-    from pudato_registry import diff, masking, queries  # noqa: PLC0415
+    from pudato_registry import diff, queries  # noqa: PLC0415
     from pudato_registry.present import as_json, card_text  # noqa: PLC0415
 
     with queries.reading(dsn) as conn:
@@ -845,7 +866,7 @@ def _reproduce(args: argparse.Namespace, dsn: str, keys: tuple[str, ...]) -> int
         if facts is None:
             print(f"no job {safe(repr(args.job_id))}", file=sys.stderr)
             return 1
-        found = diff.card(masking.masked_facts(facts, keys), queries.overwrites(conn, facts))
+        found = diff.card(facts, queries.overwrites(conn, facts), keys)
     print(as_json(diff.card_as_dict(found)) if args.json else card_text(found))
     return 0
 

@@ -11,6 +11,7 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,40 @@ def _show(rows: list[dict[str, Any]], columns: list[str]) -> None:
     print(table(rows, columns))
 
 
-def run_demo(settings: Settings, timeout: float = 120.0) -> int:
-    """Run the whole demo; return the exit code."""
+def _apply(local: Settings, events: list[Event], timeout: float) -> bool:
+    """Publish ``events`` and run the worker until it has applied them all."""
+    worker = Worker(local)
+    thread = threading.Thread(target=worker.run, name="worker")
+    thread.start()
+    try:
+        producer = kafka.make_producer(local)
+        for event in events:
+            producer.produce(local.topic, key=event.correlation_id.encode(),
+                             value=factory.encode(event))
+        producer.flush(30)
+        del producer
+        deadline = time.monotonic() + timeout
+        while worker.stats.applied < len(events):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    finally:
+        worker.request_stop()
+        thread.join()
+    return True
+
+
+def _history(now: datetime) -> list[Event]:
+    """For the UI: five good nights before the demo's two, and a run still going."""
+    events = [e for days in range(7, 2, -1) for e in sample_pipeline(now - timedelta(days=days))]
+    going = sample_pipeline(now + timedelta(seconds=1))
+    return events + going[:4] + going[4:5]  # submitted, started, a step done, one running
+
+
+def run_demo(settings: Settings, timeout: float = 120.0, *,
+             then: Callable[[Settings], int] | None = None, history: bool = False) -> int:
+    """Run the whole demo; return the exit code. ``then``: called with the stack's
+    settings before it stops (`demo --ui` serves the UI), after ``history`` is added."""
     # The broker's start-up chatter (coordinator loading, ...) is not the demo's story.
     logging.getLogger("pudato_registry.kafka.client").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="pudato-demo-") as tmp:
@@ -172,4 +205,10 @@ def run_demo(settings: Settings, timeout: float = 120.0) -> int:
             print(f"\nworker: consumed {s.consumed} events, applied {s.applied}, duplicates "
                   f"{s.duplicates}, dead-lettered {s.dead_lettered}, in {s.batches} "
                   f"batch{'' if s.batches == 1 else 'es'}")
+            if then is None:
+                return 0
+            if history and not _apply(local, _history(now), timeout):
+                print("the worker did not apply the events in time")
+                return 1
+            return then(local)
     return 0

@@ -31,9 +31,11 @@ from typing import Any
 
 import msgspec
 
+from pudato_registry import masking
+
 Row = Mapping[str, Any]
-SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential", "auth")
-MASK = "***"
+SECRET_WORDS = masking.DEFAULT_KEYS
+MASK = masking.MASK
 _FAILED = frozenset({"failed", "cancelled", "skipped"})
 _ROW_COUNT_KEYS = ("row_count", "rows", "num_rows", "rowCount")
 _SQL_KEYS = ("sql", "compiled_sql", "compiled_code", "query", "statement")
@@ -63,8 +65,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def is_secret(path: str, words: Sequence[str] = SECRET_WORDS) -> bool:
     """Whether a path's last key looks like it holds a secret (``db.password``, ``api_key``)."""
-    last = re.split(r"[.\[]", path)[-1].lower()
-    return any(word in last for word in words)
+    return masking.secret_key(re.split(r"[.\[]", path)[-1], words)
 
 
 def masked(path: str, value: Any, words: Sequence[str] = SECRET_WORDS) -> Any:
@@ -559,23 +560,15 @@ class Card:
         return [i for i in self.inputs if i.overwritten_by is not None]
 
 
-def _masked_tree(value: Any, words: Sequence[str], path: str = "") -> Any:
-    if isinstance(value, Mapping):
-        return {k: (MASK if is_secret(str(k), words) and v is not None
-                    else _masked_tree(v, words, f"{path}.{k}")) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked_tree(v, words, path) for v in value]
-    return value
-
-
 def card(facts: RunFacts, overwrites: Mapping[str, Row | None],
          words: Sequence[str] = SECRET_WORDS) -> Card:
     """A run's reproduction card; ``overwrites``: per external input, a later successful
     write of it, if any."""
     job = facts.job
     return Card(
-        job=job, parameters=_masked_tree(job.get("parameters") or {}, words),
-        request=_masked_tree(job.get("request") or {}, words),
+        job=masking.masked_job(job, words),
+        parameters=masking.masked(job.get("parameters") or {}, words),
+        request=masking.masked(job.get("request") or {}, words),
         runtime=(job.get("metadata") or {}).get("runtime"),
         inputs=external_inputs(facts.steps, facts.producers, overwrites),
         steps=list(step_keys(facts.steps).items()))

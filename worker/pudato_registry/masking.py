@@ -1,24 +1,24 @@
 """Secret-looking values masked wherever the registry shows a job's parameters or request:
-the web UI, its JSON API and the CLI alike (``PUDATO_MASK_KEYS``)."""
+the web UI, its JSON API, `jobs show`, `jobs diff` and `jobs reproduce` alike
+(``PUDATO_MASK_KEYS``). Pure: no I/O."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pudato_registry.diff import RunFacts
-
-MASK = "••••••"
-DEFAULT_KEYS = ("password", "passwd", "secret", "token", "key", "credential")
+MASK = "***"
+DEFAULT_KEYS = ("password", "passwd", "pwd", "secret", "token", "key", "credential",
+                "credentials", "auth", "authorization")
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _MASKED_COLUMNS = ("parameters", "request")
 
 
 def secret_key(key: str, words: Iterable[str] = DEFAULT_KEYS) -> bool:
     """``key`` names a secret: one of its words (``db_password``, ``apiKey``,
-    ``AWS_SECRET_ACCESS_KEY``) is one of ``words``; ``monkey`` and ``tokenizer`` are not."""
+    ``AWS_SECRET_ACCESS_KEY``, ``basicAuth``) is one of ``words``; ``monkey``, ``author``
+    and ``tokenizer`` are not."""
     wanted = {w.lower() for w in words}
     return any(w.lower() in wanted for w in _WORDS.findall(key))
 
@@ -42,8 +42,3 @@ def masked_job(job: Mapping[str, Any], words: Iterable[str] = DEFAULT_KEYS) -> d
     """A job row with its parameters and request masked."""
     wanted = tuple(words)
     return {k: masked(v, wanted) if k in _MASKED_COLUMNS else v for k, v in job.items()}
-
-
-def masked_facts(facts: RunFacts, words: Iterable[str] = DEFAULT_KEYS) -> RunFacts:
-    """A run's facts with its job's parameters and request masked (for diff and reproduce)."""
-    return dataclasses.replace(facts, job=masked_job(facts.job, words))

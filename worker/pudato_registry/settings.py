@@ -24,6 +24,8 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pudato_registry.masking import DEFAULT_KEYS
+
 DEFAULT_TOPIC = "pudato.registry.events"
 DEFAULT_DLQ_TOPIC = "pudato.registry.events.dlq"
 MIB = 1024 * 1024
@@ -199,8 +201,7 @@ class Settings(BaseSettings):
     ui_statement_timeout_ms: int = Field(
         2000, ge=10, le=600_000, description="`ui`: a request's queries end after this")
     mask_keys: list[str] = Field(
-        default_factory=lambda: ["password", "passwd", "secret", "token", "key",
-                                 "credential"],
+        default_factory=lambda: list(DEFAULT_KEYS),
         description="the values of parameter and request keys with one of these words are "
         "masked wherever a job is shown: `ui`, its API, `jobs show`, `diff`, `reproduce` "
         "(JSON list)")

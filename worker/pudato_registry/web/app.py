@@ -327,8 +327,8 @@ def _job_page(conn: ConnOf, config: UiConfig, job_id: str) -> dict[str, Any]:
                                                  now)) for s in steps}
     return {"job": job, "steps": steps, "more": more, "now": now,
             "gantt": pages.gantt(job, steps, now), "typical": typical, "took": took,
-            "parameters": masking.masked(job.get("parameters"), config.mask_keys),
-            "request_": masking.masked(job.get("request"), config.mask_keys),
+            "parameters": masking.masked(job.get("parameters") or {}, config.mask_keys),
+            "request_": masking.masked(job.get("request") or {}, config.mask_keys),
             "job_took": pages.elapsed_ms(job.get("started_at"), job.get("completed_at"), now),
             "against": pages.against,
             "live": job.get("status") in ("pending", "running")}
@@ -458,9 +458,9 @@ def _api_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
             earlier = queries.run_facts(conn(), first)
         if earlier is None:
             return _json({"error": f"no job {first!r}"}, 404)
-        earlier, later = (masking.masked_facts(f, config.mask_keys) for f in (earlier, later))
         found = diff.compare(earlier, later, baselines=queries.step_baselines(
-            conn(), dict(later.job), _int("baseline", 10, low=1, high=100)))
+            conn(), dict(later.job), _int("baseline", 20, low=1, high=100)),
+            words=config.mask_keys)
         return _json(diff.diff_as_dict(found))
 
     @app.get(f"{API}/reproduce")
@@ -472,8 +472,7 @@ def _api_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
         facts = queries.run_facts(conn(), job_id)
         if facts is None:
             return _json({"error": f"no job {job_id!r}"}, 404)
-        card = diff.card(masking.masked_facts(facts, config.mask_keys),
-                         queries.overwrites(conn(), facts))
+        card = diff.card(facts, queries.overwrites(conn(), facts), config.mask_keys)
         return _json(diff.card_as_dict(card))
 
 
