@@ -135,6 +135,9 @@ def test_a_failed_jobs_gantt_has_a_bar_per_step_and_only_the_failed_red(
         "bars => bars.map(b => [b.dataset.status, getComputedStyle(b).fill])")
     assert sorted(colours) == [["failed", RED], ["success", "rgb(46, 158, 91)"]]
     assert page.locator("h1 .status").inner_text() == "failed"
+    page.click("table.steps a[href='#step-2']")  # a step's name opens what it did
+    page.wait_for_selector("#step-2[open]")
+    assert "insert into mart.orders" in page.locator("#step-2").inner_text()
     page.screenshot(path=str(shots / "job.png"), full_page=False)
 
 

@@ -110,7 +110,15 @@
     }
   });
 
+  // A link to a step's details (#step-3) opens them.
+  function openLinked() {
+    const target = window.location.hash && document.getElementById(window.location.hash.slice(1));
+    if (target && target.tagName === "DETAILS") target.open = true;
+  }
+  window.addEventListener("hashchange", openLinked);
+
   document.addEventListener("DOMContentLoaded", () => {
+    openLinked();
     const box = document.getElementById("graph");
     if (box && window.dagre) draw(box);
   });
