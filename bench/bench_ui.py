@@ -114,6 +114,7 @@ def urls(rng: random.Random, jobs: int) -> list[tuple[str, str]]:
         ("jobs, a pipeline", f"/jobs?pipeline={pipeline}"),
         ("jobs, failed", "/jobs?status=failed"),
         ("jobs, the rare pipeline", "/jobs?pipeline=rare"),
+        ("jobs, the hourly pipeline", "/jobs?pipeline=hourly"),
         ("jobs, text search", f"/jobs?text=job-{rng.randrange(jobs):07d}"),
         ("jobs, deep page (keyset)", f"/jobs?{deep}"),
         ("job page", f"/jobs/{job}"),
@@ -122,7 +123,10 @@ def urls(rng: random.Random, jobs: int) -> list[tuple[str, str]]:
         ("pipeline grid, hourly", "/pipelines/hourly"),
         ("lineage graph", f"/lineage?location={q(model)}"),
         ("lineage depth 5 up", f"/lineage?location={q(model)}&direction=upstream&depth=5"),
-        ("lineage runs of an edge", f"/lineage/runs?location={q(model)}&pipeline={pipeline}"),
+        ("lineage runs of an edge", f"/lineage/runs?location={q(model)}&pipeline={pipeline}"
+                                    f"&step=build_{q(model)}"),
+        ("lineage runs of a dataset", f"/lineage/runs?location={q(model)}"),
+        ("lineage runs, hourly", "/lineage/runs?location=ops.hourly"),
         ("lineage search", f"/lineage?q=model_{rng.randrange(10)}"),
         ("API jobs", f"/api/v1/jobs?pipeline={pipeline}&limit=100"),
         ("API job", f"/api/v1/jobs/{job}"),
@@ -179,6 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     with services() as (bootstrap, database), \
             loaded(database, args.jobs, 5_000, args.keep) as url:
+        store.migrate(url)  # a kept database may predate the UI's index
         add_skew(url)
         name = f"ui-{uuid.uuid4().hex[:8]}"
         settings = Settings(bootstrap_servers=bootstrap, database_url=url, topic=name,

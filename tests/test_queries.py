@@ -179,6 +179,32 @@ def test_runs_are_paged_newest_first_and_narrowed(
                     "load")) == 29
 
 
+def test_runs_from_the_edges_are_the_runs_the_steps_hold(
+        hourly: Settings, fan: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge-driven answer (each round: the scopes' newest jobs, then their steps)
+    against the steps' JSON indexes, page by page, narrowed or not."""
+    from pudato_registry import queries  # noqa: PLC0415
+
+    def pages(settings: Settings, location: str, **narrow: Any) -> list[list[Any]]:
+        found, offset = [], 0
+        while True:
+            page = queries.lineage_runs(settings.database_dsn, location, limit=7,
+                                        offset=offset, **narrow)
+            found.append([(h.relation, h.location, h.step["step_id"], h.step["status"])
+                          for h in page.hops])
+            if not page.more:
+                return found
+            offset += 7
+
+    cases = [(hourly, 'raw."orders"', {}), (hourly, "wh.fct_orders", {"step_name": "load"}),
+             (hourly, 'raw."orders"', {"pipeline": "hourly"}), (fan, "mart.all", {}),
+             (fan, "src.t000", {})]
+    from_edges = [pages(s, loc, **n) for s, loc, n in cases]
+    monkeypatch.setattr(queries, "MAX_RUN_SCOPES", 0)
+    assert from_edges == [pages(s, loc, **n) for s, loc, n in cases]
+    assert sum(len(p) for p in from_edges[0]) == 30
+
+
 def test_a_location_is_found_by_part_of_its_name(
         hourly: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     found = _run(hourly, capsys, "lineage", "--search", "FCT_ord")
@@ -211,7 +237,8 @@ def test_lineage_options_that_do_not_go_together_are_named(
 
 def test_jobs_list_filters_and_stuck(graph: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     everything = _run(graph, capsys, "jobs", "list")
-    assert [j["job_id"] for j in everything] == ["fresh", "etl", "hung"]  # newest first
+    # newest first; a tie by id, descending (the keyset order of the UI's pages)
+    assert [j["job_id"] for j in everything] == ["fresh", "hung", "etl"]
     assert [j["job_id"] for j in _run(graph, capsys, "jobs", "list", "--environment",
                                       "prod")] == ["etl"]
     assert [j["job_id"] for j in _run(graph, capsys, "jobs", "list", "--status",

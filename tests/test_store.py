@@ -54,6 +54,11 @@ INDEXES = {
         "idx_jobs_created_at": "(created_at)",
         # Added by 005 for jobs diff and the exporter, beyond the spec's list.
         "idx_jobs_pipeline_scope_created": "(pipeline, environment, namespace, created_at)",
+        # Added by 006 for the UI's jobs page, and its text filter (where pg_trgm can be
+        # had, as here).
+        "idx_jobs_pipeline_created": "(pipeline, created_at)",
+        "idx_jobs_status_created": "(status, created_at)",
+        "idx_jobs_text": "(error, ''::text))) gin_trgm_ops)",
     },
     "pudato_job_steps": {
         "pudato_job_steps_pkey": "(step_id)",
