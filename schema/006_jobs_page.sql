@@ -1,7 +1,8 @@
 -- The UI's jobs page: newest first within a pipeline or a status, whatever the
 -- pipeline's age (a pipeline whose runs are all a year old is found on its own
 -- index, not by walking every newer job), and its text filter.
-CREATE INDEX idx_jobs_pipeline_created ON pudato_jobs (pipeline, created_at);
+-- status included: the counts by status read the index alone.
+CREATE INDEX idx_jobs_pipeline_created ON pudato_jobs (pipeline, created_at) INCLUDE (status);
 CREATE INDEX idx_jobs_status_created ON pudato_jobs (status, created_at);
 
 -- The UI's jobs filter `text` finds a job by any part of its id, pipeline,

@@ -56,7 +56,7 @@ INDEXES = {
         "idx_jobs_pipeline_scope_created": "(pipeline, environment, namespace, created_at)",
         # Added by 006 for the UI's jobs page, and its text filter (where pg_trgm can be
         # had, as here).
-        "idx_jobs_pipeline_created": "(pipeline, created_at)",
+        "idx_jobs_pipeline_created": "(pipeline, created_at) INCLUDE (status)",
         "idx_jobs_status_created": "(status, created_at)",
         "idx_jobs_text": "(error, ''::text))) gin_trgm_ops)",
     },
@@ -82,7 +82,10 @@ def _columns(conn: psycopg.Connection[Any], table: str) -> list[tuple[Any, ...]]
 def _indexes(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
     rows = conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s",
                         (table,)).fetchall()
-    return {name: definition[definition.rindex("("):] for name, definition in rows}
+    # What follows USING ...: the columns (and an INCLUDE), or an expression's tail.
+    return {name: definition[definition.index("(", definition.index(" USING ")):]
+            if "INCLUDE" in definition else definition[definition.rindex("("):]
+            for name, definition in rows}
 
 
 def test_migrate_creates_the_spec_tables_and_reruns_as_a_no_op(services: Services) -> None:
