@@ -4,6 +4,8 @@
 -- status included: the counts by status read the index alone.
 CREATE INDEX idx_jobs_pipeline_created ON pudato_jobs (pipeline, created_at) INCLUDE (status);
 CREATE INDEX idx_jobs_status_created ON pudato_jobs (status, created_at);
+-- The counts by status of the newest jobs, with no pipeline filter, from the index alone.
+CREATE INDEX idx_jobs_created_status ON pudato_jobs (created_at) INCLUDE (status);
 
 -- The UI's jobs filter `text` finds a job by any part of its id, pipeline,
 -- dag_run_id or error (ILIKE). A trigram index on the four together answers it

@@ -58,6 +58,7 @@ INDEXES = {
         # had, as here).
         "idx_jobs_pipeline_created": "(pipeline, created_at) INCLUDE (status)",
         "idx_jobs_status_created": "(status, created_at)",
+        "idx_jobs_created_status": "(created_at) INCLUDE (status)",
         "idx_jobs_text": "(error, ''::text))) gin_trgm_ops)",
     },
     "pudato_job_steps": {
