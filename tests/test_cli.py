@@ -36,8 +36,8 @@ def test_flags_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
 def test_settings_flags_work_before_the_command_and_after_it_wins() -> None:
     from pudato_registry.cli import _parser, _settings  # noqa: PLC0415
 
-    before = _settings(_parser().parse_args(["--topic", "t.before", "--log-json", "jobs",
-                                             "list", "--batch-size", "7"]))
+    before = _settings(_parser().parse_args(["--topic", "t.before", "--log-json", "worker",
+                                             "--batch-size", "7"]))
     assert (before.topic, before.log_json, before.batch_size) == ("t.before", True, 7)
     both = _settings(_parser().parse_args(["--topic", "t.before", "worker", "--topic",
                                            "t.after"]))
@@ -153,8 +153,8 @@ def test_an_unreachable_broker_is_one_line(argv: list[str], database_url: str,
                                            capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logs, "configure", lambda *_a, **_k: None)
-    code = main([*argv, "--bootstrap-servers", f"127.0.0.1:{free_port()}",
-                 "--database-url", database_url])
+    database = ["--database-url", database_url] if argv[0] == "worker" else []
+    code = main([*argv, "--bootstrap-servers", f"127.0.0.1:{free_port()}", *database])
     assert code == 1
     err = _one_line(capsys)
     assert err.startswith(f"pudato-registry {argv[0]}: cannot use Kafka at 127.0.0.1:")

@@ -13,9 +13,14 @@ from tests.helpers import drain, expected_rows, messages_of, table_rows
 from tests.services import produce, read_topic
 
 
-def _args(settings: Settings) -> list[str]:
-    return ["--bootstrap-servers", settings.bootstrap_servers, "--database-url",
-            settings.database_dsn, "--topic", settings.topic, "--dlq-topic", settings.dlq_topic]
+def _args(settings: Settings, command: str = "redrive") -> list[str]:
+    """The flags `dlq list` (broker, dead-letter topic) or `dlq redrive` (and the database
+    and the event topic) takes."""
+    found = ["--bootstrap-servers", settings.bootstrap_servers, "--dlq-topic",
+             settings.dlq_topic]
+    if command == "redrive":
+        found += ["--database-url", settings.database_dsn, "--topic", settings.topic]
+    return found
 
 
 def test_redrive_after_a_fix_applies_each_letter_once(
@@ -25,7 +30,7 @@ def test_redrive_after_a_fix_applies_each_letter_once(
     produce(settings, [(b"k", b"not json")])
     # A limit too small for the bigger events: they are dead-lettered as too large.
     drain(settings.replace(max_message_bytes=450))
-    assert main(["dlq", "list", "--json", "--limit", "1000", *_args(settings)]) == 0
+    assert main(["dlq", "list", "--json", "--limit", "1000", *_args(settings, "list")]) == 0
     letters = json.loads(capsys.readouterr().out)
     too_large = [d for d in letters if d["kind"] == "too_large"]
     assert too_large
@@ -35,7 +40,7 @@ def test_redrive_after_a_fix_applies_each_letter_once(
     [bad] = [d for d in letters if d["kind"] == "not_json"]
     assert (bad["key"], bad["value"], bad["headers"]["error.kind"]) == ("k", "not json",
                                                                          "not_json")
-    assert main(["dlq", "list", "--json", "--kind", "not_json", *_args(settings)]) == 0
+    assert main(["dlq", "list", "--json", "--kind", "not_json", *_args(settings, "list")]) == 0
     assert [d["offset"] for d in json.loads(capsys.readouterr().out)] == [bad["offset"]]
     assert table_rows(settings.database_dsn) != expected_rows(events)
 
@@ -67,7 +72,7 @@ def test_letters_with_bad_or_truncated_headers_are_listed_and_never_redriven_cut
         (b"k2", b'{"schema', [("error.kind", b"too_large"), ("value.truncated", b"true"),
                               ("value.size", b"2000000"), ("\x1b[2J", b"\x9b\x07")]),
     ], 30)
-    assert main(["dlq", "list", *_args(settings)]) == 0
+    assert main(["dlq", "list", *_args(settings, "list")]) == 0
     listed = capsys.readouterr().out
     assert "not_object" in listed
     assert "too_large" in listed

@@ -66,26 +66,110 @@ def _settings(args: argparse.Namespace) -> Settings:
     return base
 
 
+# validate.RejectionKind's values, written out: importing the models costs every command's
+# start-up (a test keeps the two equal).
+DEAD_LETTER_KINDS = ("tombstone", "too_large", "not_utf8", "not_json", "not_object",
+                     "unsupported_schema_version", "unknown_event_type", "missing_field",
+                     "invalid_field", "naive_timestamp", "step_id_not_allowed",
+                     "nul_character", "string_too_long", "too_many_items", "too_many_keys",
+                     "entity_limit", "unstorable")
+
+# The flags of each concern; a command takes the concerns it reads, and only those.
+_CONCERNS: dict[str, tuple[str, ...]] = {
+    "log": ("--log-level", "--log-json"),
+    "kafka": ("--bootstrap-servers", "--kafka-config"),
+    "database": ("--database-url",),
+    "topic": ("--topic",),
+    "dlq": ("--dlq-topic",),
+    "group": ("--group-id",),
+    "batch": ("--batch-size", "--batch-max-bytes", "--batch-timeout"),
+    "metrics": ("--metrics-port",),
+    "partitions": ("--partitions",),
+    "spool": ("--spool-dir",),
+}
+# Each command: the concerns it reads (log always), and one example of it.
+_COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "migrate": (("database",), "pudato-registry migrate --database-url postgresql://u@db/reg"),
+    "worker": (("kafka", "database", "topic", "dlq", "group", "batch", "metrics",
+                "partitions"), "pudato-registry worker --migrate --create-topics"),
+    "topics create": (("kafka", "topic", "dlq", "partitions"),
+                      "pudato-registry topics create --partitions 24"),
+    "schema": ((), "pudato-registry schema > events-v1.schema.json"),
+    "publish": (("kafka", "topic", "spool"),
+                "pudato-registry publish docs/examples/backfill.jsonl --dry-run"),
+    "spool list": (("spool",), "pudato-registry spool list"),
+    "spool flush": (("kafka", "topic", "spool"), "pudato-registry spool flush --wait 120"),
+    "dev up": (("topic", "dlq", "partitions"), "pudato-registry dev up --dir .stack --keep"),
+    "demo": ((), "pudato-registry demo --ui"),
+    "exporter": (("database",), "pudato-registry exporter --port 9110"),
+    "ui": (("database", "kafka", "dlq"),
+           "PUDATO_UI_TOKEN=... pudato-registry ui --host 0.0.0.0 --port 8088"),
+    "replay": (("kafka", "database", "topic"), "pudato-registry replay --verify"),
+    "dlq list": (("kafka", "dlq"), "pudato-registry dlq list --kind invalid_event --limit 20"),
+    "dlq redrive": (("kafka", "database", "topic", "dlq"),
+                    "pudato-registry dlq redrive --kind invalid_field --dry-run"),
+    "jobs list": (("database",), "pudato-registry jobs list --pipeline nightly --status failed"),
+    "jobs show": (("database",), "pudato-registry jobs show nightly-2026-12-01"),
+    "jobs diff": (("database",), "pudato-registry jobs diff nightly-2026-12-02 "
+                                 "--previous-succeeded"),
+    "jobs reproduce": (("database",), "pudato-registry jobs reproduce nightly-2026-12-02"),
+    "lineage": (("database",), "pudato-registry lineage main.fct_orders --upstream --depth 3"),
+    "openlineage bridge": (("kafka", "topic", "batch", "metrics", "partitions"),
+                           "PUDATO_OL_TOPIC=openlineage pudato-registry openlineage bridge "
+                           "--create-topics"),
+    "openlineage serve": (("kafka", "topic"),
+                          "pudato-registry openlineage serve --port 5000 --api-key-file key"),
+}
+
+
+def _concern(flags: Sequence[str], *, shown: bool = True) -> argparse.ArgumentParser:
+    """A parent parser of ``flags``: absent unless given (SUPPRESS), so that a flag given
+    before the command is not overwritten by the command's default."""
+    parent = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for flag in flags:
+        if flag == "--kafka-config":
+            parent.add_argument(flag, action="append", metavar="KEY=VALUE", help=(
+                "any librdkafka setting, e.g. security.protocol=SASL_SSL (repeat)"
+                if shown else argparse.SUPPRESS))
+        elif flag == "--log-json":
+            parent.add_argument(flag, action="store_true",
+                                help="log JSON lines" if shown else argparse.SUPPRESS)
+        else:
+            field, kind, text = _FLAGS[flag]
+            parent.add_argument(flag, dest=field, type=kind,
+                                help=text if shown else argparse.SUPPRESS)
+    return parent
+
+
 def _parser() -> argparse.ArgumentParser:
-    # Absent unless given (SUPPRESS), before the subcommand or after it: a subcommand's
-    # defaults would otherwise overwrite what was given before it.
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    for flag, (field, kind, text) in _FLAGS.items():
-        common.add_argument(flag, dest=field, type=kind, help=text)
-    common.add_argument("--kafka-config", action="append", metavar="KEY=VALUE",
-                        help="any librdkafka setting, e.g. security.protocol=SASL_SSL (repeat)")
-    common.add_argument("--log-json", action="store_true", help="log JSON lines")
+    concerns = {name: _concern(flags) for name, flags in _CONCERNS.items()}
+    # Every flag is parsed before the command and after it (hidden where the command does
+    # not use it); one the command does not use is refused (_refuse_unused), never ignored.
+    everything = [flag for flags in _CONCERNS.values() for flag in flags]
+
+    def common(path: str) -> dict[str, Any]:
+        """What a command's parser is built with: its concerns' flags and its example."""
+        wanted, example = _COMMANDS[path]
+        taken = {f for c in ("log", *wanted) for f in _CONCERNS[c]}
+        # The others hidden but parsed, so that _refuse_unused names them in one line.
+        others = _concern([f for f in everything if f not in taken], shown=False)
+        return {"parents": [concerns["log"], *(concerns[c] for c in wanted), others],
+                "epilog": f"example:\n  {example}",
+                "formatter_class": argparse.RawDescriptionHelpFormatter}
 
     parser = argparse.ArgumentParser(
-        prog="pudato-registry", parents=[common],
+        prog="pudato-registry",
+        parents=[concerns["log"], _concern([f for f in everything
+                                            if f not in _CONCERNS["log"]], shown=False)],
         description="The pudato job registry: lifecycle events from Kafka into PostgreSQL. "
-        "Settings come from flags (before or after the command) or PUDATO_* variables.",
+        "Settings come from flags (before or after the command) or PUDATO_* variables; "
+        "`pudato-registry COMMAND --help` lists what each command takes.",
     )
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {importlib.metadata.version('pudato-registry')}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", parents=[common], help="apply pending schema migrations")
-    worker = sub.add_parser("worker", parents=[common], help="run the ingestion worker")
+    sub.add_parser("migrate", **common("migrate"), help="apply pending schema migrations")
+    worker = sub.add_parser("worker", **common("worker"), help="run the ingestion worker")
     worker.add_argument("--drain", action="store_true",
                         help="exit 0 once every assigned partition is caught up and committed")
     worker.add_argument("--create-topics", action="store_true",
@@ -93,10 +177,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--migrate", action="store_true", help="apply migrations first")
     topics = sub.add_parser("topics", help="manage the topics")
     topics_sub = topics.add_subparsers(dest="topics_command", required=True)
-    topics_sub.add_parser("create", parents=[common],
+    topics_sub.add_parser("create", **common("topics create"),
                           help="create the event topic (infinite retention) and the DLQ")
-    sub.add_parser("schema", parents=[common], help="print the v1 event JSON Schema")
-    publish = sub.add_parser("publish", parents=[common],
+    sub.add_parser("schema", **common("schema"), help="print the v1 event JSON Schema")
+    publish = sub.add_parser("publish", **common("publish"),
                              help="publish JSON lines of events (backfills, scripts)")
     publish.add_argument("file", nargs="?", default="-",
                          help="a file of one event per line; - (default) reads stdin")
@@ -108,15 +192,15 @@ def _parser() -> argparse.ArgumentParser:
                          help="exit 3 if events are left in the spool (not on the topic yet)")
     spool = sub.add_parser("spool", help="the publisher's spool of undelivered events")
     spool_sub = spool.add_subparsers(dest="spool_command", required=True)
-    spool_sub.add_parser("list", parents=[common],
+    spool_sub.add_parser("list", **common("spool list"),
                          help="where the spool is and what waits in it")
-    flush = spool_sub.add_parser("flush", parents=[common],
+    flush = spool_sub.add_parser("flush", **common("spool flush"),
                                  help="send what waits in the spool now")
     flush.add_argument("--wait", type=float, default=60.0,
                        help="seconds to wait for the broker to take it all")
     dev = sub.add_parser("dev", help="the local Kafka + PostgreSQL stack (no Docker needed)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
-    up = dev_sub.add_parser("up", parents=[common],
+    up = dev_sub.add_parser("up", **common("dev up"),
                             help="start the stack, migrate, create topics; Ctrl-C stops it")
     up.add_argument("--dir", type=Path, default=Path(".stack"),
                     help="where the stack keeps its files and writes `env` (one stack each)")
@@ -126,26 +210,55 @@ def _parser() -> argparse.ArgumentParser:
     _operations(sub, common)
     openlineage = sub.add_parser("openlineage", help="OpenLineage RunEvents in")
     ol_sub = openlineage.add_subparsers(dest="ol_command", required=True)
-    bridge = ol_sub.add_parser("bridge", parents=[common],
+    bridge = ol_sub.add_parser("bridge", **common("openlineage bridge"),
                                help="consume PUDATO_OL_TOPIC, publish registry events")
     bridge.add_argument("--drain", action="store_true",
                         help="exit 0 once every assigned partition is caught up")
     bridge.add_argument("--create-topics", action="store_true",
                         help="create the OpenLineage topic and its dead-letter topic if missing")
-    serve = ol_sub.add_parser("serve", parents=[common],
+    serve = ol_sub.add_parser("serve", **common("openlineage serve"),
                               help="POST /api/v1/lineage for OpenLineage's HttpTransport")
     serve.add_argument("--host", help="address to bind (PUDATO_OL_HTTP_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (PUDATO_OL_HTTP_PORT, 5000; 0: any free)")
     serve.add_argument("--api-key-file", type=Path, metavar="FILE",
                        help="a file holding the Bearer key clients must send "
                             "(PUDATO_OL_API_KEY holds the key itself)")
+    for path, command in _leaves(parser):
+        wanted, _example = _COMMANDS[path]
+        command.set_defaults(command_path=path, command_flags=frozenset(
+            flag for concern in ("log", *wanted) for flag in _CONCERNS[concern]))
     return parser
 
 
-def _readers(sub: Any, common: argparse.ArgumentParser) -> None:
+def _leaves(parser: argparse.ArgumentParser, path: str = "") -> Iterator[
+        tuple[str, argparse.ArgumentParser]]:
+    """Every command's parser, by its path (``jobs list``)."""
+    for action in parser._actions:  # argparse lists subparsers nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _leaves(child, f"{path} {name}".strip())
+            return
+    yield path, parser
+
+
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """A flag the command does not use is an error (exit 2), never silently ignored."""
+    for flag in (f for flags in _CONCERNS.values() for f in flags):
+        dest = _FLAGS[flag][0] if flag in _FLAGS else flag[2:].replace("-", "_")
+        if hasattr(args, dest) and flag not in args.command_flags:
+            takes = sorted(args.command_flags - set(_CONCERNS["log"]))
+            print(f"pudato-registry: {flag} does nothing for `{args.command_path}`"
+                         + (f": it takes {', '.join(takes)}" if takes else
+                            ": it takes no connection flags")
+                         + f" (see `pudato-registry {args.command_path} --help`)",
+                         file=sys.stderr)
+            raise SystemExit(2)
+
+
+def _readers(sub: Any, common: Callable[[str], dict[str, Any]]) -> None:
     """The commands that serve what the registry holds: demo, exporter, ui."""
     demo = sub.add_parser(
-        "demo", parents=[common],
+        "demo", **common("demo"),
         help="the main job on local defaults: stack, worker, a sample pipeline")
     demo.add_argument("--ui", action="store_true",
                       help="then keep the stack and serve the web UI on the sample data "
@@ -153,14 +266,14 @@ def _readers(sub: Any, common: argparse.ArgumentParser) -> None:
     demo.add_argument("--port", type=int, help="the UI's port with --ui (PUDATO_UI_PORT, "
                       "8088; 0: any free one)")
     exporter = sub.add_parser(
-        "exporter", parents=[common],
+        "exporter", **common("exporter"),
         help="registry metrics for Prometheus: pipelines' last success, failures, stuck jobs")
     exporter.add_argument("--host", help="address to bind (PUDATO_EXPORTER_HOST, 127.0.0.1)")
     exporter.add_argument("--port", type=int,
                           help="port (PUDATO_EXPORTER_PORT, 9110; 0: any free one)")
 
     ui = sub.add_parser(
-        "ui", parents=[common],
+        "ui", **common("ui"),
         help="the web UI and JSON API over the registry (read-only)")
     ui.add_argument("--host", help="address to bind (PUDATO_UI_HOST, 127.0.0.1); elsewhere "
                     "needs a token or --no-auth")
@@ -171,9 +284,9 @@ def _readers(sub: Any, common: argparse.ArgumentParser) -> None:
                     help="serve without a token on any address (behind your own proxy)")
 
 
-def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
+def _operations(sub: Any, common: Callable[[str], dict[str, Any]]) -> None:
     """The operator's commands: replay, dead letters, queries."""
-    replay = sub.add_parser("replay", parents=[common],
+    replay = sub.add_parser("replay", **common("replay"),
                             help="rebuild the tables from the topic, swapping them in live")
     mode = replay.add_mutually_exclusive_group()
     mode.add_argument("--verify", action="store_true",
@@ -188,15 +301,18 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
 
     dlq = sub.add_parser("dlq", help="dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_sub.add_parser("list", parents=[common], help="list the dead letters")
+    dlq_list = dlq_sub.add_parser("list", **common("dlq list"), help="list the dead letters")
     dlq_list.add_argument("--json", action="store_true",
                           help="JSON, with each letter's key, value and headers")
-    dlq_list.add_argument("--kind", help="only letters of this error kind (not_json, ...)")
+    dlq_list.add_argument("--kind", choices=DEAD_LETTER_KINDS, metavar="KIND",
+                          help="only letters of this error kind: "
+                               + ", ".join(DEAD_LETTER_KINDS))
     dlq_list.add_argument("--limit", type=_count, default=100,
                           help="at most this many letters (100); a line says how many more")
-    redrive = dlq_sub.add_parser("redrive", parents=[common],
+    redrive = dlq_sub.add_parser("redrive", **common("dlq redrive"),
                                  help="re-publish dead letters to the event topic, once each")
-    redrive.add_argument("--kind", help="only letters of this error kind")
+    redrive.add_argument("--kind", choices=DEAD_LETTER_KINDS, metavar="KIND",
+                         help="only letters of this error kind (as dlq list --help lists)")
     redrive.add_argument("--since", type=parse_time, metavar="TIME",
                          help="only letters dead-lettered since TIME")
     redrive.add_argument("--dry-run", action="store_true",
@@ -206,7 +322,7 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
 
     jobs = sub.add_parser("jobs", help="query jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
-    listing = jobs_sub.add_parser("list", parents=[common], help="jobs, newest first")
+    listing = jobs_sub.add_parser("list", **common("jobs list"), help="jobs, newest first")
     for name in ("pipeline", "environment", "namespace"):
         listing.add_argument(f"--{name}", help=f"only jobs of this {name}")
     job_statuses = ("pending", "running", "success", "failed", "cancelled")
@@ -216,10 +332,10 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument("--stuck", type=_duration, metavar="DURATION",
                          help="running longer than DURATION with no terminal event")
     listing.add_argument("--limit", type=_count, default=50, help="most jobs shown (50)")
-    listing.add_argument("--json", action="store_true")
-    show = jobs_sub.add_parser("show", parents=[common], help="a job and its steps")
-    show.add_argument("job_id")
-    show.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="every column of each job, as JSON")
+    show = jobs_sub.add_parser("show", **common("jobs show"), help="a job and its steps")
+    show.add_argument("job_id", help="the job's id (jobs list shows them)")
+    show.add_argument("--json", action="store_true", help="the job and its steps as JSON")
     show.add_argument("--limit", type=_count, default=1000,
                       help="at most this many steps (1,000); a line says how many more")
 
@@ -227,10 +343,10 @@ def _operations(sub: Any, common: argparse.ArgumentParser) -> None:
     _lineage_options(sub, common)
 
 
-def _comparisons(jobs_sub: Any, common: argparse.ArgumentParser) -> None:
+def _comparisons(jobs_sub: Any, common: Callable[[str], dict[str, Any]]) -> None:
     """`jobs diff` and `jobs reproduce`."""
     compare = jobs_sub.add_parser(
-        "diff", parents=[common],
+        "diff", **common("jobs diff"),
         help="what changed between two runs, in root-cause order (exit 1 if they differ)")
     compare.add_argument("first", metavar="A", help="a job id (alone: the run to explain)")
     compare.add_argument("second", metavar="B", nargs="?",
@@ -246,18 +362,18 @@ def _comparisons(jobs_sub: Any, common: argparse.ArgumentParser) -> None:
                          help="executions: the changed ones as a diff (default), all, none")
     compare.add_argument("--normalize-literals", action="store_true",
                          help="say so when SQL differs only in string and number literals")
-    compare.add_argument("--json", action="store_true")
+    compare.add_argument("--json", action="store_true", help="the comparison as JSON")
     reproduce = jobs_sub.add_parser(
-        "reproduce", parents=[common],
+        "reproduce", **common("jobs reproduce"),
         help="everything needed to re-run a job, and what the registry does not record")
-    reproduce.add_argument("job_id")
-    reproduce.add_argument("--json", action="store_true")
+    reproduce.add_argument("job_id", help="the job's id")
+    reproduce.add_argument("--json", action="store_true", help="the card as JSON")
 
 
-def _lineage_options(sub: Any, common: argparse.ArgumentParser) -> None:
+def _lineage_options(sub: Any, common: Callable[[str], dict[str, Any]]) -> None:
     """`lineage`: the graph, the runs, the search."""
     lineage = sub.add_parser(
-        "lineage", parents=[common],
+        "lineage", **common("lineage"),
         help="what reads and writes a location: the logical graph, or its runs (--runs)")
     lineage.add_argument("location", nargs="?",
                          help="a location as steps name it (a file path in any spelling)")
@@ -359,6 +475,7 @@ def parse_time(text: str) -> datetime:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script: one clear line and exit 1 for any failure."""
     args = _parser().parse_args(argv)
+    _refuse_unused(args)
     for variable, near in unknown_variables(os.environ)[:1]:  # a misspelling is no default
         hint = f"did you mean {near}? " if near else ""
         print(f"pudato-registry: {variable} is not a setting: {hint}(unset or rename it; the "
@@ -402,26 +519,25 @@ def _setting_names(field: str) -> str:
     return f"{variable} ({flags[0]})" if flags else variable
 
 
+# What the [server] extra brings (pyproject.toml): a base install lacks them.
+_SERVER_MODULES = frozenset({"psycopg", "psycopg_pool", "tenacity", "prometheus_client",
+                             "waitress", "flask", "werkzeug", "jinja2"})
+
+
 def explain(exc: BaseException, settings: Settings) -> str:
     """What failed, where, and what to try, for a person: one line, no traceback."""
-    import psycopg  # noqa: PLC0415 - fast start-up for the commands that need no database
+    missing = (getattr(exc, "name", None) or "").split(".")[0]
+    if isinstance(exc, ModuleNotFoundError) and missing in _SERVER_MODULES:
+        return (f"this command needs the registry's server install ({missing} is not "
+                "installed): pip install 'pudato-registry[server]' (the base install "
+                "publishes: publish, spool, schema)")
     from confluent_kafka import KafkaException  # noqa: PLC0415
 
-    from pudato_registry import kafka, store  # noqa: PLC0415
+    from pudato_registry import kafka  # noqa: PLC0415
 
-    database = redact_dsn(settings.database_dsn)
-    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
-        return (f"the registry's tables are missing or old in {database} "
-                f"({exc.diag.message_primary}); run `pudato-registry migrate`")
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return (f"the database user of {database} lacks a privilege: "
-                f"{exc.diag.message_primary}; grant it (see the README's production example)")
-    if isinstance(exc, psycopg.OperationalError):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return (f"cannot use PostgreSQL at {database}: {first}; is it running and reachable? "
-                "For a local one: `pudato-registry dev up`")
-    if isinstance(exc, psycopg.Error):
-        return f"PostgreSQL at {database} refused: {store.describe(exc)}"
+    told = _database_trouble(exc, settings)
+    if told is not None:
+        return told
     if isinstance(exc, kafka.TopicMissingError):
         return str(exc)
     if isinstance(exc, KafkaException | kafka.DeliveryError | TimeoutError):
@@ -437,6 +553,31 @@ def explain(exc: BaseException, settings: Settings) -> str:
     if isinstance(exc, OSError | ValueError | RuntimeError):
         return f"{exc}" if str(exc) else type(exc).__name__
     return f"{type(exc).__name__}: {exc} (--log-level DEBUG shows the traceback)"
+
+
+def _database_trouble(exc: BaseException, settings: Settings) -> str | None:
+    """What a PostgreSQL error means for a person (None: it is none, or this is the base
+    install, which has no database driver to raise one)."""
+    try:
+        import psycopg  # noqa: PLC0415 - fast start-up for the commands that need no database
+
+        from pudato_registry import store  # noqa: PLC0415
+    except ImportError:
+        return None
+    database = redact_dsn(settings.database_dsn)
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+        return (f"the registry's tables are missing or old in {database} "
+                f"({exc.diag.message_primary}); run `pudato-registry migrate`")
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return (f"the database user of {database} lacks a privilege: "
+                f"{exc.diag.message_primary}; grant it (see the README's production example)")
+    if isinstance(exc, psycopg.OperationalError):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"cannot use PostgreSQL at {database}: {first}; is it running and reachable? "
+                "For a local one: `pudato-registry dev up`")
+    if isinstance(exc, psycopg.Error):
+        return f"PostgreSQL at {database} refused: {store.describe(exc)}"
+    return None
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

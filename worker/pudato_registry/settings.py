@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -314,7 +313,10 @@ def dsn_secrets(dsn: str) -> list[str]:
         with contextlib.suppress(ValueError):
             password = urlsplit(dsn).password
             found += [password, unquote(password)] if password else []
-    with contextlib.suppress(Exception):  # not parseable: what was found is all we know
+    # Not parseable, or a client install without psycopg: what was found is all we know.
+    with contextlib.suppress(Exception):
+        from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 - not in [client]
+
         params = conninfo_to_dict(dsn)
         found += [str(params[key]) for key in _DSN_SECRET_KEYS if params.get(key)]
     return list(dict.fromkeys(found))
