@@ -84,8 +84,10 @@ class Watched:
         page.on("console", lambda m: self.problems.append(f"console {m.type}: {m.text}")
                 if m.type in ("error", "warning") else None)
         page.on("pageerror", lambda e: self.problems.append(f"exception: {e}"))
+        # ERR_ABORTED: the page moved on before a request of the last one ended (a favicon).
         page.on("requestfailed", lambda r: self.problems.append(
-            f"failed request {r.url}: {r.failure}"))
+            f"failed request {r.url}: {r.failure}") if r.failure != "net::ERR_ABORTED"
+            else None)
         page.on("response", lambda r: self.problems.append(f"{r.status} for {r.url}")
                 if r.status >= 400 else None)
 
