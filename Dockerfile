@@ -4,7 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY schema ./schema
-RUN pip install --no-cache-dir . && useradd --system pudato
+RUN pip install --no-cache-dir '.[server]' && useradd --system pudato
 USER pudato
 EXPOSE 9108
 ENV PUDATO_METRICS_HOST=0.0.0.0

@@ -269,7 +269,7 @@ def test_publish_fail_on_spooled_and_the_spool_commands(
     assert f"1 wait in {s.spool_dir / 'spool.sqlite3'}" in capsys.readouterr().err
     where = ["--spool-dir", str(s.spool_dir), "--bootstrap-servers", s.bootstrap_servers,
              "--topic", s.topic]
-    assert main(["spool", "list", *where]) == 0
+    assert main(["spool", "list", "--spool-dir", str(s.spool_dir)]) == 0
     assert "1 events wait to be sent; 0 set aside" in capsys.readouterr().out
     assert main(["spool", "flush", *where]) == 0
     assert "re-sent 1 events" in capsys.readouterr().out

@@ -328,7 +328,8 @@ def test_jobs_show_and_dlq_list_are_bounded_with_a_more_line(
     out = capsys.readouterr().out
     assert out.count(" running ") == 10
     assert "... and 20 more steps, not shown: raise --limit (now 10)" in out
-    assert main(["dlq", "list", "--limit", "3", *common]) == 0
+    assert main(["dlq", "list", "--limit", "3", "--bootstrap-servers",
+                 settings.bootstrap_servers, "--dlq-topic", settings.dlq_topic]) == 0
     out = capsys.readouterr().out
     assert out.count("not_json") == 3
     assert "... and 4 more dead letters, not shown: raise --limit (now 3)" in out
