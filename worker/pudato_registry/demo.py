@@ -18,7 +18,7 @@ from typing import Any
 
 from pudato_registry import devstack, diff, factory, kafka, queries, store
 from pudato_registry.events import DataReference, Event, ExecutionRecord
-from pudato_registry.loop import Worker
+from pudato_registry.loop import Stats, Worker
 from pudato_registry.present import diff_text, graph_table, table
 from pudato_registry.settings import Settings
 
@@ -116,8 +116,9 @@ def _show(rows: list[dict[str, Any]], columns: list[str]) -> None:
     print(table(rows, columns))
 
 
-def _apply(local: Settings, events: list[Event], timeout: float) -> bool:
-    """Publish ``events`` and run the worker until it has applied them all."""
+def _apply(local: Settings, events: list[Event], timeout: float) -> Stats | None:
+    """Publish ``events`` and run the worker until it has applied them all; its counts
+    (None if it did not in ``timeout`` seconds)."""
     worker = Worker(local)
     thread = threading.Thread(target=worker.run, name="worker")
     thread.start()
@@ -131,12 +132,12 @@ def _apply(local: Settings, events: list[Event], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while worker.stats.applied < len(events):
             if not thread.is_alive() or time.monotonic() > deadline:
-                return False
+                return None
             time.sleep(0.05)
     finally:
         worker.request_stop()
         thread.join()
-    return True
+    return worker.stats
 
 
 def _history(now: datetime) -> list[Event]:
@@ -165,31 +166,15 @@ def run_demo(settings: Settings, timeout: float = 120.0, *,
             applied = store.migrate(local.database_dsn)
             print(f"  migrated: {', '.join(f'{m.version:03d}_{m.name}' for m in applied)}")
             kafka.create_topics(local)
-            worker = Worker(local)
-            thread = threading.Thread(target=worker.run, name="worker")
-            thread.start()
-            try:
-                now = datetime.now(UTC).replace(microsecond=0)
-                first = sample_pipeline(now - timedelta(days=1))
-                second = sample_pipeline(now, night=2)
-                events = first + second
-                producer = kafka.make_producer(local)
-                for event in events:
-                    producer.produce(local.topic, key=event.correlation_id.encode(),
-                                     value=factory.encode(event))
-                producer.flush(30)
-                del producer
-                print(f"published {len(events)} events of two nightly runs, the second gone "
-                      "wrong; worker applying ...")
-                deadline = time.monotonic() + timeout
-                while worker.stats.applied < len(events):
-                    if not thread.is_alive() or time.monotonic() > deadline:
-                        print("the worker did not apply the events in time")
-                        return 1
-                    time.sleep(0.05)
-            finally:
-                worker.request_stop()
-                thread.join()
+            now = datetime.now(UTC).replace(microsecond=0)
+            second = sample_pipeline(now, night=2)
+            events = sample_pipeline(now - timedelta(days=1)) + second
+            print(f"publishing {len(events)} events of two nightly runs, the second gone "
+                  "wrong; worker applying ...", flush=True)
+            s = _apply(local, events, timeout)
+            if s is None:
+                print("the worker did not apply the events in time")
+                return 1
             print("\npudato_jobs:")
             _show(queries.all_jobs(local.database_dsn),
                   ["job_id", "pipeline", "status", "created_at", "started_at", "completed_at"])
@@ -201,13 +186,12 @@ def run_demo(settings: Settings, timeout: float = 120.0, *,
                                                     downstream=False, depth=3)))
             print(f"\njobs diff {second[0].job_id} (against the night before):")
             print(_diff_of(local.database_dsn, second[0].job_id))
-            s = worker.stats
             print(f"\nworker: consumed {s.consumed} events, applied {s.applied}, duplicates "
                   f"{s.duplicates}, dead-lettered {s.dead_lettered}, in {s.batches} "
                   f"batch{'' if s.batches == 1 else 'es'}")
             if then is None:
                 return 0
-            if history and not _apply(local, _history(now), timeout):
+            if history and _apply(local, _history(now), timeout) is None:
                 print("the worker did not apply the events in time")
                 return 1
             return then(local)
