@@ -151,8 +151,11 @@ def run_demo(settings: Settings, timeout: float = 120.0, *,
              then: Callable[[Settings], int] | None = None, history: bool = False) -> int:
     """Run the whole demo; return the exit code. ``then``: called with the stack's
     settings before it stops (`demo --ui` serves the UI), after ``history`` is added."""
-    # The broker's start-up chatter (coordinator loading, ...) is not the demo's story.
+    # The broker's start-up chatter (coordinator loading, ...), the migrations and the
+    # worker's assignments are not the demo's story: it prints its own lines.
     logging.getLogger("pudato_registry.kafka.client").setLevel(logging.ERROR)
+    for name in ("pudato_registry.store", "pudato_registry.loop"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="pudato-demo-") as tmp:
         print("starting a local Kafka broker and PostgreSQL server ...", flush=True)
         started = time.monotonic()
