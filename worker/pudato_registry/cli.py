@@ -23,7 +23,7 @@ from pydantic_settings import SettingsError
 
 from pudato_registry import logs
 from pudato_registry.present import safe
-from pudato_registry.settings import Settings, redact_dsn, unknown_variables
+from pudato_registry.settings import Settings, redact_dsn, unknown_variables, weak_ui_token
 
 if TYPE_CHECKING:
     from pudato_registry.metrics import Metrics
@@ -65,6 +65,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         base = base.replace(kafka=extra)
     return base
 
+
+# What a job's status can be (the fold's): `jobs list --status` and the UI's filter.
+JOB_STATUSES = ("pending", "running", "success", "failed", "cancelled")
 
 # validate.RejectionKind's values, written out: importing the models costs every command's
 # start-up (a test keeps the two equal).
@@ -325,8 +328,7 @@ def _operations(sub: Any, common: Callable[[str], dict[str, Any]]) -> None:
     listing = jobs_sub.add_parser("list", **common("jobs list"), help="jobs, newest first")
     for name in ("pipeline", "environment", "namespace"):
         listing.add_argument(f"--{name}", help=f"only jobs of this {name}")
-    job_statuses = ("pending", "running", "success", "failed", "cancelled")
-    listing.add_argument("--status", choices=job_statuses, type=str.lower,
+    listing.add_argument("--status", choices=JOB_STATUSES, type=str.lower,
                          help="only jobs in this status")
     listing.add_argument("--since", type=parse_time, metavar="TIME", help="created since TIME")
     listing.add_argument("--stuck", type=_duration, metavar="DURATION",
@@ -735,10 +737,9 @@ def _ui_token(args: argparse.Namespace, settings: Settings) -> str | None:
     except OSError as exc:
         raise ValueError(f"cannot read --token-file {args.token_file}: "
                          f"{exc.strerror or exc}") from None
-    if len(token) < 16:
-        raise ValueError(f"the token in --token-file {args.token_file} is shorter than 16 "
-                         "characters: make a long one (python -c 'import secrets; "
-                         "print(secrets.token_urlsafe())')")
+    weak = weak_ui_token(token)
+    if weak:
+        raise ValueError(f"the token in --token-file {args.token_file} is {weak}")
     return token
 
 
@@ -775,7 +776,6 @@ def _serve_ui(settings: Settings, host: str, port: int, token: str | None,
         app = web.create_app(pool, web.UiConfig(
             token=token, mask_keys=tuple(settings.mask_keys),
             refresh_s=settings.ui_refresh_s,
-            statement_timeout_ms=settings.ui_statement_timeout_ms,
             dead_letters=_dead_letter_reader(settings)))
         try:
             server = web.make_server(app, host, port)
@@ -1067,7 +1067,7 @@ def _lineage_runs(args: argparse.Namespace, dsn: str, *, as_data: bool) -> int:
     page = queries.lineage_runs(dsn, args.location, pipeline=args.pipeline,
                                 step_name=args.step, limit=args.limit or 50,
                                 offset=args.offset)
-    rows = [{"relation": h.relation, "location": h.location, **h.step} for h in page.hops]
+    rows = page.rows()
     if not rows and not queries.known_location(dsn, args.location):
         return _no_lineage(args.location, dsn)
     print(as_json(rows) if as_data else table(

@@ -651,6 +651,10 @@ class LineageRuns:
     hops: list[LineageHop]
     more: bool  # another page follows
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The page as `lineage --runs --json` (and the API) print it."""
+        return [{"relation": h.relation, "location": h.location, **h.step} for h in self.hops]
+
 
 _RUN_STEP = ("step_id", "job_id", "step_name", "status", "started_at", "completed_at")
 MAX_RUN_SCOPES = 200  # a location more logical steps than this touch: probed from the steps

@@ -227,9 +227,9 @@ class Settings(BaseSettings):
     @field_validator("ui_token")
     @classmethod
     def _ui_token(cls, token: SecretStr | None) -> SecretStr | None:
-        if token is not None and len(token.get_secret_value().strip()) < 16:
-            raise ValueError("the UI token is shorter than 16 characters: make a long one "
-                             "(python -c 'import secrets; print(secrets.token_urlsafe())')")
+        weak = None if token is None else weak_ui_token(token.get_secret_value())
+        if weak:
+            raise ValueError(f"the UI token is {weak}")
         return token
 
     @field_validator("ol_skip_subruns")
@@ -290,6 +290,17 @@ _KEY_VALUE_SECRET = re.compile(
 
 # PUDATO_* variables that are not settings: the tests' and the benches' services.
 _NOT_SETTINGS = ("PUDATO_TEST_", "PUDATO_BENCH_")
+
+
+UI_TOKEN_MIN_CHARS = 16
+
+
+def weak_ui_token(token: str) -> str | None:
+    """Why ``token`` is too weak to guard the UI (PUDATO_UI_TOKEN, --token-file), or None."""
+    if len(token.strip()) >= UI_TOKEN_MIN_CHARS:
+        return None
+    return (f"shorter than {UI_TOKEN_MIN_CHARS} characters: make a long one "
+            "(python -c 'import secrets; print(secrets.token_urlsafe())')")
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:

@@ -12,8 +12,7 @@ import argparse
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from pudato_registry import diff, masking, queries
+from pudato_registry.cli import JOB_STATUSES, parse_time
 from pudato_registry.present import as_json, duration
 from pudato_registry.store import connection_options
 from pudato_registry.web import pages
@@ -52,7 +52,6 @@ class UiConfig:
     token: str | None = None  # None: no login (loopback, or --no-auth given)
     mask_keys: tuple[str, ...] = masking.DEFAULT_KEYS
     refresh_s: float = 2.0
-    statement_timeout_ms: int = 2000
     # The dead letters: read from Kafka by the CLI's reader; (letters as rows, more) for a
     # kind and a limit. None: the page says the UI was started without a broker.
     dead_letters: Callable[[str | None, int], tuple[list[dict[str, Any]], int]] | None = None
@@ -109,8 +108,6 @@ def _choice(name: str, choices: tuple[str, ...], default: str | None = None) -> 
 
 
 def _since() -> datetime | None:
-    from pudato_registry.cli import parse_time  # noqa: PLC0415 - the CLI's own reading
-
     raw = _text("since", most=64)
     if raw is None:
         return None
@@ -129,7 +126,7 @@ def _filter(limit_default: int = 50) -> queries.JobFilter:
         raise ParameterError("before= is not a cursor from an 'older' link") from None
     return queries.JobFilter(
         pipeline=_text("pipeline", most=512), environment=_text("environment", most=512),
-        namespace=_text("namespace", most=512), status=_choice("status", pages.STATUSES),
+        namespace=_text("namespace", most=512), status=_choice("status", JOB_STATUSES),
         since=_since(), text=_text("text", most=200),
         limit=_int("limit", limit_default, low=1, high=MAX_LIMIT), before=cursor)
 
@@ -148,21 +145,15 @@ def create_app(pool: ConnectionPool, config: UiConfig = UiConfig()) -> Flask:
                 static_folder=str(_HERE / "static"), static_url_path="/static")
     app.config.update(MAX_CONTENT_LENGTH=16 * 1024)
     env = app.jinja_env
-    env.globals.update(duration=duration, config=config, api=API, statuses=pages.STATUSES,
-                       failures=pages.FAILURES)
-    env.filters.update(utc=_utc, first_line=diff.first_line, json=_pretty,
+    env.globals.update(duration=duration, config=config, api=API, statuses=JOB_STATUSES)
+    env.filters.update(utc=_utc, first_line=diff.first_line, json=as_json,
                        rows=diff.row_count, execution=diff.execution_text,
                        middle=_middle)
-
-    @contextmanager
-    def reading() -> Iterator[psycopg.Connection[Any]]:
-        with pool.connection() as conn:
-            yield conn
 
     def conn() -> psycopg.Connection[Any]:
         """The request's connection, taken from the pool at first use, given back after."""
         if "conn" not in g:
-            g.conn_cm = reading()
+            g.conn_cm = pool.connection()
             g.conn = g.conn_cm.__enter__()
         found: psycopg.Connection[Any] = g.conn
         return found
@@ -278,10 +269,6 @@ def _utc(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _pretty(value: Any) -> str:
-    return as_json(value)
-
-
 def _middle(value: Any, width: int = 64) -> str:
     text = "" if value is None else str(value)
     if len(text) <= width:
@@ -312,6 +299,32 @@ def _lineage_args() -> dict[str, Any]:
 
 
 ConnOf = Callable[[], psycopg.Connection[Any]]
+
+
+def _older(path: str, kept: dict[str, str], found: list[dict[str, Any]],
+           where: queries.JobFilter) -> str | None:
+    """The next (older) page's URL after a full page of jobs, else None."""
+    if len(found) < where.limit:
+        return None
+    return f"{path}?{urlencode({**kept, 'before': pages.cursor_of(found[-1])})}"
+
+
+def _pipeline_runs(conn: ConnOf, pipeline: str) -> queries.PipelineRuns:
+    """The grid's runs, for the page and the API alike."""
+    return queries.pipeline_runs(conn(), pipeline, environment=_text("environment"),
+                                 namespace=_text("namespace"),
+                                 runs=_int("runs", 25, low=1, high=100))
+
+
+def _location_runs(conn: ConnOf) -> tuple[str, queries.LineageRuns]:
+    """The location asked about and a page of the runs behind it (page and API)."""
+    location = _text("location")
+    if not location:
+        raise ParameterError("location= is required: the dataset whose runs to list")
+    return location, queries.lineage_runs(
+        conn(), location, pipeline=_text("pipeline"), step_name=_text("step"),
+        limit=_int("limit", 50, low=1, high=MAX_LIMIT),
+        offset=_int("offset", 0, low=0, high=1_000_000))
 
 
 def _job_page(conn: ConnOf, config: UiConfig, job_id: str) -> dict[str, Any]:
@@ -348,8 +361,7 @@ def _page_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
             since=where.since, text=where.text))
         failed = queries.failed_steps(conn(), [j["job_id"] for j in found])
         kept = {k: v for k, v in request.args.items() if k not in ("before", "limit") and v}
-        older = (f"/jobs?{urlencode({**kept, 'before': pages.cursor_of(found[-1])})}"
-                 if len(found) == where.limit else None)
+        older = _older("/jobs", kept, found, where)
         page = "jobs_results.html" if _partial() else "jobs.html"
         return render_template(page, jobs=found, where=where, counts=counts, capped=capped,
                                failed=failed, older=older, args=kept,
@@ -364,9 +376,7 @@ def _page_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
 
     @app.get("/pipelines/<path:pipeline>")
     def pipeline(pipeline: str) -> Any:
-        found = queries.pipeline_runs(conn(), pipeline, environment=_text("environment"),
-                                      namespace=_text("namespace"),
-                                      runs=_int("runs", 25, low=1, high=100))
+        found = _pipeline_runs(conn, pipeline)
         if not found.jobs:
             abort(404, f"no runs of pipeline {pipeline[:200]!r}")
         return render_template("pipeline.html", p=found,
@@ -392,13 +402,7 @@ def _page_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
 
     @app.get("/lineage/runs")
     def lineage_runs() -> Any:
-        location = _text("location")
-        if not location:
-            raise ParameterError("location= is required: the dataset whose runs to list")
-        found = queries.lineage_runs(conn(), location, pipeline=_text("pipeline"),
-                                     step_name=_text("step"),
-                                     limit=_int("limit", 50, low=1, high=MAX_LIMIT),
-                                     offset=_int("offset", 0, low=0, high=1_000_000))
+        location, found = _location_runs(conn)
         page = "runs_part.html" if _partial() else "runs.html"
         return render_template(page, location=location, runs=found,
                                pipeline=_text("pipeline"), step=_text("step"))
@@ -418,11 +422,10 @@ def _api_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
         where = _filter()
         found = queries.list_jobs(conn(), where)
         answer = _json(found)
-        if len(found) == where.limit:
-            kept = {k: v for k, v in request.args.items() if k != "before"}
-            answer.headers["Link"] = (f"<{API}/jobs?"
-                                      f"{urlencode({**kept, 'before': pages.cursor_of(found[-1])})}"
-                                      '>; rel="next"')
+        kept = {k: v for k, v in request.args.items() if k != "before"}
+        following = _older(f"{API}/jobs", kept, found, where)
+        if following:
+            answer.headers["Link"] = f'<{following}>; rel="next"'
         return answer
 
     @app.get(f"{API}/jobs/<path:job_id>")
@@ -481,9 +484,7 @@ def _api_graph_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
     @app.get(f"{API}/pipelines/<path:pipeline>")
     def api_pipeline(pipeline: str) -> Response:
         _allowed("environment", "namespace", "runs")
-        found = queries.pipeline_runs(conn(), pipeline, environment=_text("environment"),
-                                      namespace=_text("namespace"),
-                                      runs=_int("runs", 25, low=1, high=100))
+        found = _pipeline_runs(conn, pipeline)
         return _json({"pipeline": found.pipeline, "environment": found.environment,
                       "namespace": found.namespace, "runs": found.jobs, "steps": found.steps})
 
@@ -498,15 +499,7 @@ def _api_graph_routes(app: Flask, config: UiConfig, conn: ConnOf) -> None:
     @app.get(f"{API}/lineage/runs")
     def api_lineage_runs() -> Response:
         _allowed("location", "pipeline", "step", "limit", "offset")
-        location = _text("location")
-        if location is None:
-            raise ParameterError("location= is required")
-        found = queries.lineage_runs(conn(), location, pipeline=_text("pipeline"),
-                                     step_name=_text("step"),
-                                     limit=_int("limit", 50, low=1, high=MAX_LIMIT),
-                                     offset=_int("offset", 0, low=0, high=1_000_000))
-        return _json([{"relation": h.relation, "location": h.location, **h.step}
-                      for h in found.hops])
+        return _json(_location_runs(conn)[1].rows())
 
     @app.get(f"{API}/lineage/search")
     def api_search() -> Response:

@@ -15,10 +15,6 @@ from typing import Any
 
 from pudato_registry.present import duration
 
-STATUSES = ("pending", "running", "success", "failed", "cancelled", "skipped")
-# Statuses drawn red: a run that did not do its work never shows green.
-FAILURES = frozenset({"failed", "cancelled"})
-
 
 def cursor_of(job: Mapping[str, Any]) -> str:
     """The jobs page's "older" cursor after ``job``: its creation time and id."""
