@@ -60,3 +60,13 @@ def test_ui_serves_and_stops_on_sigterm(registry: Settings) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_database_that_is_not_there_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from pudato_registry.devstack import free_port  # noqa: PLC0415
+
+    url = f"postgresql://x@127.0.0.1:{free_port()}/x"
+    assert main(["ui", "--port", "0", "--database-url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pudato-registry ui: cannot use PostgreSQL at ")
+    assert err.count("\n") == 1

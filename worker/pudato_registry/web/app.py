@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException
 from pudato_registry import diff, masking, queries
 from pudato_registry.cli import JOB_STATUSES, parse_time
 from pudato_registry.present import as_json, duration
-from pudato_registry.store import connection_options
+from pudato_registry.store import connect, connection_options
 from pudato_registry.web import pages
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def open_pool(dsn: str, *, statement_timeout_ms: int, size: int = 8) -> Connecti
     """A pool of connections that can only read, each statement ended after the timeout."""
     options = connection_options(dsn, options=(
         f"-c default_transaction_read_only=on -c statement_timeout={statement_timeout_ms}"))
+    # One connection first: a database that is not there fails at once, in one line, rather
+    # than after the pool's retries (each of which it logs).
+    connect(dsn, **options).close()
     pool: ConnectionPool = ConnectionPool(dsn, min_size=1, max_size=size, kwargs=options,
                                           timeout=5.0, open=False, name="pudato-ui")
     pool.open(wait=True, timeout=10.0)
